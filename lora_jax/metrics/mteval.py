@@ -1,0 +1,147 @@
+"""Corpus BLEU (4-gram) and NIST (5-gram) as defined by mteval-v13a, used by the E2E scorer.
+
+Definitions follow NIST's `mteval-v13a.pl` as re-implemented in the official E2E scorer
+(github tuetschek/e2e-metrics, `metrics/pymteval.py`, which the LoRA repo runs with `-p`):
+
+- tokenization: mteval-v13a "basic" normalisation, lower-cased (case-insensitive scoring);
+- BLEU: clipped n-gram matches against the max count over all references of a segment,
+  summed over the corpus; effective reference length = per segment the reference closest in
+  length to the hypothesis (ties -> the shorter); BP = exp(min(0, 1 - r/c));
+  an n-gram order with zero matches is smoothed as in mteval-v13a (1 / (2^k * total));
+- NIST: info(w1..wn) = log2(count(w1..wn-1) / count(w1..wn)) with counts over all
+  references of the corpus (the 0-gram count is the total number of reference words);
+  score = sum_n (sum of info over clipped matches / number of hypothesis n-grams) * BP,
+  BP = exp(-beta * log(min(1, c / r_avg))^2) with beta = -ln(0.5) / ln(1.5)^2 (the penalty
+  is 0.5 at 2/3 of the reference length), r_avg = sum over segments of the mean reference
+  length (equal to mteval's total-reference-words / number-of-reference-sets whenever each
+  segment has the same number of references; pymteval's generalisation to variable counts).
+
+Two edge cases where pymteval and mteval-v13a disagree follow mteval-v13a here: a hypothesis
+shorter than n contributes 0 (not a negative count) n-grams, and a zero-match order is
+smoothed as above instead of by 1e-15. Neither happens on real E2E system outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
+
+_PUNCT = re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])")
+_PERIOD_COMMA_AFTER_NONDIGIT = re.compile(r"([^0-9])([\.,])")
+_PERIOD_COMMA_BEFORE_NONDIGIT = re.compile(r"([\.,])([^0-9])")
+_DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
+
+
+def tokenize_13a(text: str, lowercase: bool = True) -> list[str]:
+    """mteval-v13a `NormalizeText` (basic tokenization); returns the tokens."""
+    text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
+    text = text.replace("&quot;", '"').replace("&amp;", "&")
+    text = text.replace("&lt;", "<").replace("&gt;", ">")
+    text = f" {text} "
+    if lowercase:
+        text = text.lower()
+    text = _PUNCT.sub(r" \1 ", text)
+    text = _PERIOD_COMMA_AFTER_NONDIGIT.sub(r"\1 \2 ", text)
+    text = _PERIOD_COMMA_BEFORE_NONDIGIT.sub(r" \1 \2", text)
+    text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+    return text.split()
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def _max_ref_counts(refs: Sequence[Sequence[str]], n: int) -> Counter:
+    merged: Counter = Counter()
+    for ref in refs:
+        merged |= _ngrams(ref, n)  # `|` keeps the max count per n-gram
+    return merged
+
+
+def _check(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+    if len(hyps) != len(refs):
+        raise ValueError(
+            f"got {len(hyps)} hypotheses but {len(refs)} reference groups; "
+            "give exactly one hypothesis per source (E2E: per distinct MR)"
+        )
+    for i, group in enumerate(refs):
+        if isinstance(group, str) or len(group) == 0:
+            raise ValueError(f"reference group {i} must be a non-empty list of strings")
+
+
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Corpus BLEU as a fraction (0.704, not 70.4). hyps: [N]; refs: [N][n_refs_i]."""
+    _check(hyps, refs)
+    matches = [0] * max_n
+    totals = [0] * max_n
+    hyp_len = ref_len = 0
+    for hyp, group in zip(hyps, refs):
+        h = tokenize_13a(hyp)
+        rs = [tokenize_13a(r) for r in group]
+        for n in range(1, max_n + 1):
+            hc = _ngrams(h, n)
+            rc = _max_ref_counts(rs, n)
+            matches[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            totals[n - 1] += max(0, len(h) - n + 1)
+        hyp_len += len(h)
+        ref_len += len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
+    if hyp_len == 0:
+        return 0.0
+    log_sum, smooth = 0.0, 1.0
+    for m, t in zip(matches, totals):
+        if t == 0:
+            continue  # mteval-v13a: an order with no hypothesis n-grams contributes log(1)
+        if m == 0:
+            smooth *= 2
+            log_sum += math.log(1.0 / (smooth * t))
+        else:
+            log_sum += math.log(m / t)
+    bp = math.exp(min(0.0, 1.0 - ref_len / hyp_len))
+    return bp * math.exp(log_sum / max_n)
+
+
+def nist_length_penalty(hyp_len: float, ref_len: float) -> float:
+    """exp(-beta * log(min(1, c/r))^2); 0.5 when c/r = 2/3."""
+    ratio = hyp_len / ref_len if ref_len > 0 else 1.0
+    if ratio >= 1:
+        return 1.0
+    if ratio <= 0:
+        return 0.0
+    return math.exp(-NIST_BETA * math.log(ratio) ** 2)
+
+
+def corpus_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 5) -> float:
+    """Corpus NIST (information-weighted n-gram precision, n <= 5). hyps: [N]; refs: [N][n_i]."""
+    _check(hyps, refs)
+    ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]  # index 0: 0-gram
+    hits: list[list[Counter]] = [[] for _ in range(max_n + 1)]
+    totals = [0] * (max_n + 1)
+    avg_ref_len = 0.0
+    hyp_len = 0
+    for hyp, group in zip(hyps, refs):
+        h = tokenize_13a(hyp)
+        rs = [tokenize_13a(r) for r in group]
+        for n in range(1, max_n + 1):
+            hc = _ngrams(h, n)
+            rc = _max_ref_counts(rs, n)
+            hits[n].append(Counter({g: min(c, rc[g]) for g, c in hc.items() if rc[g] > 0}))
+            totals[n] += max(0, len(h) - n + 1)
+            for r in rs:
+                ref_counts[n].update(_ngrams(r, n))
+        lens = [len(r) for r in rs]
+        ref_counts[0][()] += sum(lens)
+        avg_ref_len += sum(lens) / len(lens)
+        hyp_len += len(h)
+
+    def info(g: tuple[str, ...]) -> float:
+        return math.log2(ref_counts[len(g) - 1][g[:-1]] / ref_counts[len(g)][g])
+
+    score = 0.0
+    for n in range(1, max_n + 1):
+        gained = sum(info(g) * c for seg in hits[n] for g, c in seg.items())
+        score += gained / max(totals[n], 1)
+    return score * nist_length_penalty(hyp_len, avg_ref_len)
