@@ -41,8 +41,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-# Display order of target sets; anything else follows, alphabetically.
-TARGET_ORDER = ("q", "k", "v", "o", "qk", "qv", "qkv", "qkvo", "attn", "mlp", "all")
+# Display order of target sets (the presets of lora_jax.lora.targeting, qk placed before qv as in
+# the paper's Table 5); anything else follows, alphabetically.
+TARGET_ORDER = ("q", "k", "v", "o", "qk", "qv", "attn", "mlp", "all")
 PERCENT_PREFIXES = ("bleu", "rouge", "meteor", "acc", "exact_match")
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
 # Override keys (last dotted component) that name a sweep axis under another name.
@@ -209,8 +210,9 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 def collect_wandb_runs(path: str, group: str | None = None, api: Any = None) -> list[Run]:
     """Runs of a W&B project "entity/project" (optionally one group) -> Runs.
 
-    Summary keys follow the results.json schema; a run without "sweep" in its summary takes the
-    axes from config["sweep"] or, failing that, from config leaves named like an axis.
+    Summary keys follow the results.json schema; the axes are the summary's "sweep", completed
+    from config["sweep"] or, failing that, from config leaves named like an axis (r, targets,
+    alpha, seed, ...).
     """
     if api is None:
         import wandb
@@ -224,8 +226,8 @@ def collect_wandb_runs(path: str, group: str | None = None, api: Any = None) -> 
             summary = dict(wrun.summary)
         results = _unflatten(dict(summary))
         config = _unflatten(dict(wrun.config or {}))
-        if "sweep" not in results:
-            results["sweep"] = config.get("sweep") or _axes_from_config(config)
+        from_config = config.get("sweep") or _axes_from_config(config)
+        results["sweep"] = from_config | (results.get("sweep") or {})
         results.setdefault("run", {}).setdefault("name", wrun.name)
         if "status" not in results:
             state = getattr(wrun, "state", "unknown")
@@ -359,7 +361,9 @@ def aggregate(runs: list[Run], metric: str, rows: str = "targets", cols: str = "
         by_rc[(run.sweep[rows], run.sweep[cols])].append(run)
     other = sorted({a for r in good for a in r.sweep} - {rows, cols, "seed"})
     splitting = [
-        a for a in other if any(len({r.sweep.get(a) for r in grp}) > 1 for grp in by_rc.values())
+        a
+        for a in other
+        if any(len({r.sweep.get(a) for r in grp} - {None}) > 1 for grp in by_rc.values())
     ]
 
     groups: dict[tuple, dict[tuple, list[Run]]] = defaultdict(lambda: defaultdict(list))
