@@ -339,6 +339,8 @@ def aggregate(runs: list[Run], metric: str, rows: str = "targets", cols: str = "
             known = sorted(run.sweep) if missing else sorted(run.metrics)
             error = f"{what} missing from results (has: {', '.join(known)})"
             failed.append(replace(run, error=error))
+        elif not math.isfinite(run.metrics[key]):
+            failed.append(replace(run, error=f"metric {key!r} is {run.metrics[key]}"))
         else:
             good.append(run)
     if not good:

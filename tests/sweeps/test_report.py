@@ -300,3 +300,12 @@ def test_wandb_source(monkeypatch, tmp_path: Path, capsys) -> None:
     assert float(rows[("qv", "4")]["std"]) == pytest.approx(np.std([70, 72], ddof=1))
     md = (out / "report.md").read_text()
     assert "w-crash" in md and "crashed" in md
+
+
+def test_nan_metric_is_excluded_and_listed(tmp_path: Path) -> None:
+    for seed, bleu in enumerate([0.5, 0.7, float("nan")]):
+        _write_run(tmp_path, seed, {"targets": "q", "r": 1, "seed": seed}, {"eval": {"bleu": bleu}})
+    report = rep.aggregate(rep.collect_runs(tmp_path), "bleu")
+    cell = report.sections[0].cells[("q", 1)]
+    assert cell.n == 2 and cell.mean == pytest.approx(60.0)
+    assert [r.name for r in report.failed] == ["run-2"] and "nan" in report.failed[0].error
