@@ -19,7 +19,9 @@ import optax
 Batch = Mapping[str, jax.Array]  # input_ids [B, T] int32, attention_mask [B, T], loss_mask [B, T]
 
 
-def lm_loss(logits: jax.Array, batch: Batch, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+def lm_loss(
+    logits: jax.Array, batch: Batch, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
     """Next-token cross entropy over the target tokens (``loss_mask[:, t] = 1`` marks token t as
     a target, predicted from position t-1), mean over target tokens.
 
@@ -82,7 +84,11 @@ def make_train_step(
 
 
 def make_full_finetune_step(
-    module: nn.Module, tx: optax.GradientTransformation, *, label_smoothing: float = 0.0, jit: bool = True
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    label_smoothing: float = 0.0,
+    jit: bool = True,
 ) -> Callable:
     """Full fine-tuning of every base parameter (the FLOPs/memory baseline):
     ``step(params, opt_state, batch) -> (params, opt_state, metrics)``."""

@@ -3,7 +3,15 @@
 from lora_jax.lora.config import LoraConfig
 from lora_jax.lora.layer import LoraDense
 from lora_jax.lora.optim import make_optimizer, trainable_labels
-from lora_jax.lora.params import count_params, count_trainable, delta, init, iter_adapters, merge, unmerge
+from lora_jax.lora.params import (
+    count_params,
+    count_trainable,
+    delta,
+    init,
+    iter_adapters,
+    merge,
+    unmerge,
+)
 from lora_jax.lora.report import param_report
 from lora_jax.lora.targeting import PRESETS, Target, candidates, resolve
 

@@ -45,11 +45,15 @@ class LoraConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_rank("r", self.r)
+        _check_rank("lora.r", self.r)
         if self.alpha is not None and not (_is_number(self.alpha) and self.alpha > 0):
-            raise ValueError(f"lora.alpha must be a number > 0 (or null for alpha = r); got {self.alpha!r}")
+            raise ValueError(
+                f"lora.alpha must be a number > 0 (or null for alpha = r); got {self.alpha!r}"
+            )
         if self.init not in INITS:
-            raise ValueError(f"lora.init={self.init!r} is unknown; allowed values: {', '.join(INITS)}")
+            raise ValueError(
+                f"lora.init={self.init!r} is unknown; allowed values: {', '.join(INITS)}"
+            )
         if self.scaling not in SCALINGS:
             raise ValueError(
                 f"lora.scaling={self.scaling!r} is unknown; allowed values: {', '.join(SCALINGS)}"
@@ -58,7 +62,9 @@ class LoraConfig:
             raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout!r}")
         if isinstance(self.targets, str):
             if not self.targets:
-                raise ValueError("lora.targets is empty; use a preset such as 'qv' or a list of names")
+                raise ValueError(
+                    "lora.targets is empty; use a preset such as 'qv' or a list of names"
+                )
         elif not self.targets:
             raise ValueError("lora.targets is an empty list; name at least one module")
         for key, value in self.rank_pattern.items():

@@ -28,6 +28,10 @@ def trainable_labels(lora: Mapping[str, Any]) -> Any:
     return jax.tree_util.tree_map_with_path(label, lora)
 
 
-def make_optimizer(tx: optax.GradientTransformation, lora: Mapping[str, Any]) -> optax.GradientTransformation:
+def make_optimizer(
+    tx: optax.GradientTransformation, lora: Mapping[str, Any]
+) -> optax.GradientTransformation:
     """``tx`` on the trainable leaves, nothing (no state, zero update) on the frozen ones."""
-    return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, trainable_labels(lora))
+    return optax.multi_transform(
+        {TRAINABLE: tx, FROZEN: optax.set_to_zero()}, trainable_labels(lora)
+    )

@@ -67,12 +67,16 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _blocks_of(path: tuple[str, ...], lora_modules: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _blocks_of(
+    path: tuple[str, ...], lora_modules: Mapping[str, tuple[str, ...]]
+) -> tuple[str, ...]:
     for i in range(len(path)):
         blocks = lora_modules.get(".".join(path[i:]))
         if blocks is not None:
             return blocks
-    raise KeyError(f"module {'/'.join(path)} is not in the model's LoRA module map {sorted(lora_modules)}")
+    raise KeyError(
+        f"module {'/'.join(path)} is not in the model's LoRA module map {sorted(lora_modules)}"
+    )
 
 
 def delta(ad: Mapping[str, Any]) -> jax.Array:

@@ -45,7 +45,9 @@ class ParamReport:
         for r in self.rows:
             ranks = ",".join(map(str, r.ranks))
             scales = ",".join(f"{s:g}" for s in r.scales)
-            lines.append(f"{r.name:<8}{r.layers:>7}{ranks:>10}{scales:>12}{r.shape:>14}{r.trainable:>14,}")
+            lines.append(
+                f"{r.name:<8}{r.layers:>7}{ranks:>10}{scales:>12}{r.shape:>14}{r.trainable:>14,}"
+            )
         lines.append("-" * len(head))
         lines.append(
             f"trainable params: {self.trainable:,} || base params: {self.base:,} || "

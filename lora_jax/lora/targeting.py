@@ -90,7 +90,9 @@ def module_id(path: tuple[str, ...]) -> str:
     return ".".join(out)
 
 
-def candidates(params: Mapping[str, Any], lora_modules: Mapping[str, tuple[str, ...]]) -> list[Candidate]:
+def candidates(
+    params: Mapping[str, Any], lora_modules: Mapping[str, tuple[str, ...]]
+) -> list[Candidate]:
     """Every targetable block of every layer, in params order."""
     found: list[Candidate] = []
 
@@ -154,9 +156,13 @@ def resolve(
             names = PRESETS.get(item, (item,))
             hit = [c for c in cands if c.name in names]
             if not hit:
-                raise ValueError(f"lora.targets {item!r} matches nothing in this model; {help_text}")
+                raise ValueError(
+                    f"lora.targets {item!r} matches nothing in this model; {help_text}"
+                )
             if item in SHORT_NAMES and item not in available:
-                raise ValueError(f"lora.targets names {item!r}, which this model lacks; {help_text}")
+                raise ValueError(
+                    f"lora.targets names {item!r}, which this model lacks; {help_text}"
+                )
         else:
             try:
                 rx = re.compile(item)
@@ -193,7 +199,22 @@ def resolve(
                 f"be <= {min(c.d_in, c.d_out)} (set lora.r or lora.rank_pattern lower)"
             )
         alpha = cfg.alpha_for(r, _pattern_value(cfg.alpha_pattern, c))
-        out.append(Target(c.path, c.name, c.layer, c.block, c.n_blocks, c.d_in, c.d_out, r, alpha, cfg.scale(r, alpha)))
+        out.append(
+            Target(
+                c.path,
+                c.name,
+                c.layer,
+                c.block,
+                c.n_blocks,
+                c.d_in,
+                c.d_out,
+                r,
+                alpha,
+                cfg.scale(r, alpha),
+            )
+        )
     if not out:
-        raise ValueError(f"lora.targets {list(cfg.target_list)} with lora.layers={cfg.layers} selects nothing")
+        raise ValueError(
+            f"lora.targets {list(cfg.target_list)} with lora.layers={cfg.layers} selects nothing"
+        )
     return out
