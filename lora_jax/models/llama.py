@@ -1,0 +1,227 @@
+"""The Llama family (Llama 2/3, Mistral, Qwen2) as a Flax linen module, numerically matching
+transformers' ``LlamaForCausalLM``: RMSNorm, rotary positions (default / linear / llama3
+scaling), grouped-query attention, SwiGLU MLP, tied or untied LM head, optional q/k/v bias.
+
+Parameter tree (LoRA targeting and PEFT export rely on these names)::
+
+    embed_tokens/embedding [V, d]   norm/scale [d]   lm_head/kernel [d, V] (untied only)
+    layers_{i}/input_layernorm/scale, layers_{i}/post_attention_layernorm/scale,
+    layers_{i}/self_attn/{q,k,v,o}_proj/{kernel [in, out], bias?},
+    layers_{i}/mlp/{gate,up,down}_proj/{kernel, bias?}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lora_jax.lora.layer import LoraDense
+from lora_jax.models import attention as att
+from lora_jax.models.config import ModelConfig
+from lora_jax.models.gpt2 import activation
+
+# Module path after the layer scope -> LoRA column blocks. The single source of truth for Llama.
+LORA_MODULES: dict[str, tuple[str, ...]] = {
+    "self_attn.q_proj": ("q",),
+    "self_attn.k_proj": ("k",),
+    "self_attn.v_proj": ("v",),
+    "self_attn.o_proj": ("o",),
+    "mlp.gate_proj": ("gate",),
+    "mlp.up_proj": ("up",),
+    "mlp.down_proj": ("down",),
+}
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies ``[head_dim / 2]`` as transformers' ``modeling_rope_utils`` computes
+    them for rope types default, linear and llama3 (Llama 3.1's ``_compute_llama3_parameters``)."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    rs = cfg.rope_scaling
+    kind = None if not rs else rs.get("rope_type", rs.get("type", "default"))
+    if kind in (None, "default"):
+        return inv
+    if kind == "linear":
+        return inv / float(rs["factor"])
+    if kind == "llama3":
+        factor, lo, hi = (
+            float(rs["factor"]),
+            float(rs["low_freq_factor"]),
+            float(rs["high_freq_factor"]),
+        )
+        old = float(rs["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        out = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        return np.where(medium, smoothed, out).astype(np.float32)
+    raise ValueError(
+        f"unsupported rope_scaling type {kind!r}; lora-jax implements default, linear and llama3"
+    )
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate ``x: [B, T, H, hd]`` by ``positions: [B, T]`` (HF's rotate_half layout)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * scale``, computed in fp32; returns ``dtype``."""
+
+    eps: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LMHead(nn.Module):
+    """Untied output projection, kernel ``[d, V]``; logits accumulate in fp32."""
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(0.02)
+        kernel = self.param("kernel", init, (x.shape[-1], self.features), self.param_dtype)
+        return jnp.dot(
+            x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32
+        )
+
+
+class _Common(nn.Module):
+    cfg: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    lora_dropout: float = 0.0
+
+    def dense(self, features: int, path: str, use_bias: bool) -> LoraDense:
+        return LoraDense(
+            features,
+            blocks=LORA_MODULES[path],
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            lora_dropout=self.lora_dropout,
+            name=path.split(".")[-1],
+        )
+
+    def norm(self, name: str) -> RMSNorm:
+        return RMSNorm(self.cfg.norm_eps, self.dtype, self.param_dtype, name=name)
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        return dict(cfg=self.cfg, dtype=self.dtype, param_dtype=self.param_dtype,
+                    lora_dropout=self.lora_dropout)  # fmt: skip
+
+
+class LlamaAttention(_Common):
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, index, deterministic):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv_bias = cfg.attention_bias
+        o_bias = cfg.attention_bias and cfg.model_type != "qwen2"  # Qwen2: q/k/v bias only
+        q = self.dense(h * hd, "self_attn.q_proj", qkv_bias)(x, deterministic)
+        k = self.dense(kvh * hd, "self_attn.k_proj", qkv_bias)(x, deterministic)
+        v = self.dense(kvh * hd, "self_attn.v_proj", qkv_bias)(x, deterministic)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q.reshape(b, t, h, hd), positions, inv_freq)
+        k = apply_rope(k.reshape(b, t, kvh, hd), positions, inv_freq)
+        k, v, new_cache = att.write_and_read(layer_cache, k, v.reshape(b, t, kvh, hd), index)
+        out = att.attend(q, k, v, mask).reshape(b, t, h * hd)
+        return self.dense(cfg.hidden_size, "self_attn.o_proj", o_bias)(
+            out, deterministic
+        ), new_cache
+
+
+class LlamaMLP(_Common):
+    @nn.compact
+    def __call__(self, x, deterministic):
+        cfg, bias = self.cfg, self.cfg.mlp_bias
+        act = activation(cfg.activation)
+        gate = self.dense(cfg.intermediate_size, "mlp.gate_proj", bias)(x, deterministic)
+        up = self.dense(cfg.intermediate_size, "mlp.up_proj", bias)(x, deterministic)
+        return self.dense(cfg.hidden_size, "mlp.down_proj", bias)(act(gate) * up, deterministic)
+
+
+class LlamaBlock(_Common):
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, index, deterministic):
+        y = self.norm("input_layernorm")(x)
+        y, new_cache = LlamaAttention(**self.kw, name="self_attn")(
+            y, positions, mask, layer_cache, index, deterministic
+        )
+        x = x + y
+        y = self.norm("post_attention_layernorm")(x)
+        return x + LlamaMLP(**self.kw, name="mlp")(y, deterministic), new_cache
+
+
+class LlamaForCausalLM(_Common):
+    """Llama-family LM. ``__call__(input_ids [B, T], attention_mask, positions, cache,
+    deterministic)`` -> ``(logits [B, T, V] fp32, new_cache or None)``."""
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: att.Cache | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, att.Cache | None]:
+        cfg = self.cfg
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        if cache is not None:
+            att.check_cache(cache, cfg.num_layers, b, t)
+        positions, mask, cache = att.prepare(attention_mask, positions, cache, cfg.sliding_window)
+        index = None if cache is None else cache["index"]
+        embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=nn.initializers.normal(0.02),
+            name="embed_tokens",
+        )
+        x = embed(input_ids)
+        new_layers = []
+        for i in range(cfg.num_layers):
+            layer_cache = None if cache is None else cache["layers"][i]
+            x, lc = LlamaBlock(**self.kw, name=f"layers_{i}")(
+                x, positions, mask, layer_cache, index, deterministic
+            )
+            new_layers.append(lc)
+        x = self.norm("norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.dot(
+                x, embed.embedding.T.astype(self.dtype), preferred_element_type=jnp.float32
+            )
+        else:
+            logits = LMHead(cfg.vocab_size, self.dtype, self.param_dtype, name="lm_head")(x)
+        if cache is None:
+            return logits.astype(jnp.float32), None
+        new_cache = {"layers": tuple(new_layers), "mask": cache["mask"], "index": index + t}
+        return logits.astype(jnp.float32), new_cache

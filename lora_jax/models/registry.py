@@ -1,0 +1,92 @@
+"""Model family dispatch: build a module from a :class:`ModelConfig`, load a checkpoint into
+it, make an empty KV cache, and name the LoRA-targetable modules of each family."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lora_jax.models import attention, gpt2, llama
+from lora_jax.models.config import FAMILY, ModelConfig
+
+MODELS: dict[str, type[nn.Module]] = {
+    "gpt2": gpt2.GPT2LMHeadModel,
+    "llama": llama.LlamaForCausalLM,
+}
+LORA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
+    "gpt2": gpt2.LORA_MODULES,
+    "llama": llama.LORA_MODULES,
+}
+
+
+def as_dtype(dtype: Any) -> Any:
+    """``"bfloat16"`` / ``"float32"`` / a numpy or jnp dtype -> a jnp dtype."""
+    if isinstance(dtype, str):
+        names = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
+                 "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16}  # fmt: skip
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        return names[dtype]
+    return jnp.dtype(dtype).type
+
+
+def build_model(
+    cfg: ModelConfig,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    lora_dropout: float = 0.0,
+) -> nn.Module:
+    """The Flax LM for ``cfg.family``; ``apply(vars, ids [B, T], attention_mask, positions, cache,
+    deterministic) -> (logits [B, T, V] fp32, new_cache)``."""
+    cls = MODELS[cfg.family]
+    return cls(
+        cfg=cfg, dtype=as_dtype(dtype), param_dtype=as_dtype(param_dtype), lora_dropout=lora_dropout
+    )
+
+
+def init_cache(
+    cfg: ModelConfig, batch_size: int, max_len: int, dtype: Any = jnp.float32
+) -> attention.Cache:
+    """Empty KV cache: per layer k/v ``[B, max_len, kv_heads, head_dim]``, slot mask
+    ``[B, max_len]`` and write index (int32 scalar); see :mod:`lora_jax.models.attention`."""
+    return attention.init_kv_cache(
+        cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim, as_dtype(dtype)
+    )
+
+
+def lora_modules(cfg_or_family: ModelConfig | str) -> dict[str, tuple[str, ...]]:
+    """Module path after the layer scope (dotted) -> LoRA column blocks, e.g. for GPT-2
+    ``{"attn.c_attn": ("q", "k", "v"), ...}``. Accepts a config, a family or a model_type."""
+    if isinstance(cfg_or_family, ModelConfig):
+        family = cfg_or_family.family
+    else:
+        family = FAMILY.get(cfg_or_family, cfg_or_family)
+    if family not in LORA_MODULES:
+        raise ValueError(f"unknown model family {cfg_or_family!r}; known: {sorted(LORA_MODULES)}")
+    return dict(LORA_MODULES[family])
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    module: nn.Module
+    params: dict
+    config: ModelConfig
+    tokenizer: Any
+
+
+def load_model(
+    source: str, dtype: str = "float32", param_dtype: str = "float32", lora_dropout: float = 0.0
+) -> LoadedModel:
+    """Load a local HF folder, a ``.gguf`` file or a hub id into (module, params, config,
+    tokenizer). Parameters are stored in ``param_dtype``; compute runs in ``dtype``."""
+    from lora_jax.models import convert
+    from lora_jax.models.load import load_checkpoint
+
+    hf_config, state_dict, tokenizer = load_checkpoint(source)
+    cfg = ModelConfig.from_hf(hf_config)
+    params = convert.params_from_hf(state_dict, cfg, as_dtype(param_dtype))
+    module = build_model(cfg, dtype, param_dtype, lora_dropout)
+    return LoadedModel(module=module, params=params, config=cfg, tokenizer=tokenizer)
