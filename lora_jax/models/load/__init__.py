@@ -1,0 +1,60 @@
+"""Checkpoint loading: one entry point for local folders, GGUF files and Hub ids.
+
+    hf_config, state, tokenizer = load_checkpoint("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+``state`` maps transformers' *ForCausalLM / LMHeadModel state-dict names (e.g.
+``model.layers.0.self_attn.q_proj.weight``, ``transformer.h.0.attn.c_attn.weight``) to numpy
+arrays in transformers' layout (Linear ``[out, in]``, GPT-2 Conv1D ``[in, out]``). A tied head is
+absent (``hf_config["tie_word_embeddings"]``, always true for GPT-2). Safetensors keep their file
+dtype (bfloat16 as ``ml_dtypes.bfloat16``); GGUF tensors are dequantized to float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_jax.models.load.gguf_file import load_gguf
+from lora_jax.models.load.hub import download, looks_like_repo_id
+from lora_jax.models.load.safetensors_dir import (
+    PICKLE_SUFFIXES,
+    load_safetensors_dir,
+    pickle_refusal,
+)
+from lora_jax.models.tokenizer import Tokenizer
+
+__all__ = ["load_checkpoint", "load_gguf", "load_safetensors_dir"]
+
+
+def load_checkpoint(
+    source: str | Path, revision: str | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], Tokenizer | None]:
+    """``(hf_config, state, tokenizer)`` from a folder, a ``.gguf`` path or a Hub id "org/name".
+
+    The tokenizer is None only for a folder that has no tokenizer files.
+    """
+    src = str(source)
+    path = Path(src).expanduser()
+    if path.suffix in PICKLE_SUFFIXES:
+        raise pickle_refusal(path)
+    if path.suffix == ".gguf":
+        config, state, meta = load_gguf(path)
+        return config, state, Tokenizer.from_gguf_metadata(meta)
+    if path.is_dir():
+        return _from_folder(path)
+    if path.exists():
+        raise ValueError(
+            f"{path} is a file lora-jax cannot load; pass a save_pretrained folder "
+            "(config.json + safetensors), a .gguf file, or a Hub id 'org/name'"
+        )
+    if looks_like_repo_id(src):
+        return _from_folder(download(src, revision))
+    raise FileNotFoundError(f"{src!r} is neither an existing path nor a Hub id 'org/name'")
+
+
+def _from_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], Tokenizer | None]:
+    config, state = load_safetensors_dir(folder)
+    has_tok = (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+    return config, state, Tokenizer.from_folder(folder, config) if has_tok else None

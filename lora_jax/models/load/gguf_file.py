@@ -1,0 +1,231 @@
+"""Read a llama.cpp GGUF file into an HF config dict and an HF-named float32 state dict.
+
+What llama.cpp's ``convert_hf_to_gguf.py`` changed, undone here:
+- names: ``blk.N.attn_q`` ... -> ``model.layers.N.self_attn.q_proj`` ... (tables below);
+- Llama/Mistral q and k rows are permuted for ggml's rotary layout (``LlamaModel.permute``);
+  k uses the kv head count (GQA). Qwen2 is stored unpermuted;
+- GPT-2 ``Conv1D`` weights ([in, out] in HF) are stored transposed ([out, in]);
+- quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ... anything ``gguf.quants`` knows) are
+  dequantized to float32 with ``gguf.quants.dequantize``.
+The config dict uses transformers' names, so ``ModelConfig.from_hf`` reads it unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# llama.cpp tensor name (after "blk.N.") -> HF module name (after "model.layers.N.")
+_LLAMA_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_LLAMA_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+_GPT2_BLOCK = {
+    "attn_norm": "ln_1",
+    "attn_qkv": "attn.c_attn",
+    "attn_output": "attn.c_proj",
+    "ffn_norm": "ln_2",
+    "ffn_up": "mlp.c_fc",
+    "ffn_down": "mlp.c_proj",
+}
+_GPT2_TOP = {
+    "token_embd": "transformer.wte",
+    "position_embd": "transformer.wpe",
+    "output_norm": "transformer.ln_f",
+    "output": "lm_head",
+}
+# GPT-2 Conv1D weights, stored transposed by llama.cpp (convert_hf_to_gguf.py GPT2Model).
+_GPT2_CONV1D = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+
+# general.architecture -> (HF model_type, per-block map, top-level map, HF block prefix)
+_ARCH = {
+    "llama": ("llama", _LLAMA_BLOCK, _LLAMA_TOP, "model.layers"),
+    "qwen2": ("qwen2", _LLAMA_BLOCK, _LLAMA_TOP, "model.layers"),
+    "gpt2": ("gpt2", _GPT2_BLOCK, _GPT2_TOP, "transformer.h"),
+}
+_BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
+_TOP_NAME = re.compile(r"^(\w+)\.(weight|bias)$")
+
+
+def read_metadata(reader: Any) -> dict[str, Any]:
+    """All GGUF key/values as plain Python values (strings, numbers, lists)."""
+    meta = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        meta[key] = field.contents()
+    return meta
+
+
+def reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's ``permute(w, n_head, n_head_kv)`` on q/k rows. w: [n_head*head_dim, ...].
+
+    llama.cpp: ``w.reshape(n_head, 2, d // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)``
+    (n_head is the kv head count for k); the inverse swaps the same axes of the other split.
+    """
+    d = w.shape[0]
+    if d % (2 * n_head):
+        raise ValueError(f"cannot un-permute {w.shape} rows over {n_head} heads (odd head_dim?)")
+    return w.reshape(n_head, d // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _arch_of(meta: dict[str, Any], path: Path) -> tuple[str, str]:
+    arch = meta.get("general.architecture")
+    if arch not in _ARCH:
+        raise ValueError(
+            f"{path}: GGUF architecture {arch!r} is not supported; lora-jax reads "
+            f"{', '.join(sorted(_ARCH))} GGUF files"
+        )
+    model_type = _ARCH[arch][0]
+    name = str(meta.get("general.name", "")).lower()
+    if (
+        arch == "llama" and "mistral" in name
+    ):  # llama.cpp writes Mistral as "llama"; as transformers
+        model_type = "mistral"
+    return arch, model_type
+
+
+def config_from_metadata(
+    meta: dict[str, Any], tensor_names: list[str], path: Path | str = "<gguf>"
+) -> dict[str, Any]:
+    """Build a transformers ``config.json`` dict from GGUF metadata."""
+    arch, model_type = _arch_of(meta, Path(path))
+
+    def get(key: str, default: Any = None, required: bool = True) -> Any:
+        full = f"{arch}.{key}"
+        if full not in meta:
+            if required and default is None:
+                raise ValueError(f"{path}: GGUF metadata lacks {full!r}, needed for the config")
+            return default
+        return meta[full]
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab_size = int(get("vocab_size", len(tokens) if tokens else None))
+    tie = "output.weight" not in tensor_names
+    special = {
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+    }
+    if arch == "gpt2":
+        d = int(get("embedding_length"))
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": vocab_size,
+            "n_embd": d,
+            "n_layer": int(get("block_count")),
+            "n_head": int(get("attention.head_count")),
+            "n_positions": int(get("context_length")),
+            "n_ctx": int(get("context_length")),
+            "n_inner": int(get("feed_forward_length", 4 * d)),
+            "layer_norm_epsilon": float(get("attention.layer_norm_epsilon", 1e-5)),
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": tie,
+            **special,
+        }
+    if "rope_freqs.weight" in tensor_names:
+        raise NotImplementedError(
+            f"{path} stores per-frequency RoPE factors (rope_freqs.weight, Llama 3.1-style "
+            "scaling), which lora-jax cannot express as an HF rope_scaling yet; use the model's "
+            "safetensors checkpoint instead"
+        )
+    d, h = int(get("embedding_length")), int(get("attention.head_count"))
+    config: dict[str, Any] = {
+        "model_type": model_type,
+        "architectures": [f"{model_type.capitalize()}ForCausalLM"],
+        "vocab_size": vocab_size,
+        "hidden_size": d,
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_hidden_layers": int(get("block_count")),
+        "num_attention_heads": h,
+        "num_key_value_heads": int(get("attention.head_count_kv", h)),
+        "head_dim": int(get("attention.key_length", get("rope.dimension_count", d // h))),
+        "max_position_embeddings": int(get("context_length", 2048)),
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "hidden_act": "silu",
+        "tie_word_embeddings": tie,
+        "attention_bias": any(n.endswith("attn_q.bias") for n in tensor_names),
+        **special,
+    }
+    scaling_type = get("rope.scaling.type", required=False)
+    if scaling_type not in (None, "none"):
+        config["rope_scaling"] = {
+            "rope_type": scaling_type,
+            "factor": float(get("rope.scaling.factor", 1.0)),
+        }
+        orig = get("rope.scaling.original_context_length", required=False)
+        if orig is not None:
+            config["rope_scaling"]["original_max_position_embeddings"] = int(orig)
+    return config
+
+
+def hf_name(gguf_name: str, arch: str) -> str:
+    """Map one llama.cpp tensor name to its transformers state-dict name."""
+    _, block_map, top_map, prefix = _ARCH[arch]
+    if m := _BLOCK_NAME.match(gguf_name):
+        layer, part, kind = m.groups()
+        if part in block_map:
+            return f"{prefix}.{layer}.{block_map[part]}.{kind}"
+    elif (m := _TOP_NAME.match(gguf_name)) and m.group(1) in top_map:
+        return f"{top_map[m.group(1)]}.{m.group(2)}"
+    raise ValueError(
+        f"GGUF tensor {gguf_name!r} has no transformers equivalent for architecture {arch!r}; "
+        f"known block tensors: {sorted(block_map)}, top-level: {sorted(top_map)}"
+    )
+
+
+def dequantize_tensor(tensor: Any) -> np.ndarray:
+    """A ``gguf.ReaderTensor`` as float32 numpy in row-major HF order [rows, cols]."""
+    from gguf.quants import dequantize
+
+    shape = tuple(int(s) for s in reversed(tensor.shape))  # ggml lists the fastest axis first
+    try:
+        w = dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"GGUF tensor {tensor.name!r} uses {tensor.tensor_type.name}, which gguf.quants "
+            "cannot dequantize; re-quantize the model to e.g. Q8_0, Q4_K or F16"
+        ) from e
+    return np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(shape))
+
+
+def load_gguf(
+    path: str | Path,
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """``(hf_config, state, metadata)``; state is float32 with transformers' names and layouts."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    reader = GGUFReader(str(path))
+    meta = read_metadata(reader)
+    names = [t.name for t in reader.tensors]
+    config = config_from_metadata(meta, names, path)
+    arch, _ = _arch_of(meta, path)
+    n_head = config.get("num_attention_heads")
+    n_kv = config.get("num_key_value_heads")
+    state: dict[str, np.ndarray] = {}
+    for tensor in reader.tensors:
+        w = dequantize_tensor(tensor)
+        part = tensor.name.split(".")[-2]
+        if arch == "llama" and part in ("attn_q", "attn_k"):
+            w = reverse_permute(w, n_head if part == "attn_q" else n_kv)
+        elif arch == "gpt2" and part in _GPT2_CONV1D and tensor.name.endswith(".weight"):
+            w = np.ascontiguousarray(w.T)
+        state[hf_name(tensor.name, arch)] = w
+    return config, state, meta
