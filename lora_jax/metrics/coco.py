@@ -34,7 +34,9 @@ def ptb_tokenize(texts: dict[int, list[str]]) -> dict[int, list[str]]:
     return {k: ["" if s == placeholder else s for s in v] for k, v in out.items()}
 
 
-def coco_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, float | None | str]:
+def coco_scores(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]]
+) -> dict[str, float | None | str]:
     """METEOR, ROUGE-L, CIDEr as fractions. hyps: [N]; refs: [N][n_refs_i].
 
     Returns keys meteor, rouge_l, cider; a key that could not be computed is None and a

@@ -28,4 +28,8 @@ def rouge_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str
         for key in sums:
             sums[key] += max(s[key].fmeasure for s in per_ref)
     n = len(hyps)
-    return {"rouge1": sums["rouge1"] / n, "rouge2": sums["rouge2"] / n, "rougeL": sums["rougeL"] / n}
+    return {
+        "rouge1": sums["rouge1"] / n,
+        "rouge2": sums["rouge2"] / n,
+        "rougeL": sums["rougeL"] / n,
+    }

@@ -43,7 +43,9 @@ def query_from_hub(sql: dict) -> Query:
         triples = zip(conds["column_index"], conds["operator_index"], conds["condition"])
     else:
         triples = conds
-    return Query(int(sql["sel"]), int(sql["agg"]), tuple((int(c), int(o), str(v)) for c, o, v in triples))
+    return Query(
+        int(sql["sel"]), int(sql["agg"]), tuple((int(c), int(o), str(v)) for c, o, v in triples)
+    )
 
 
 def _quote_col(name: str) -> str:
@@ -136,7 +138,8 @@ def build_table(table: dict) -> sqlite3.Connection:
     conn.execute(f"CREATE TABLE t ({cols})")
     for row in rows:
         vals = [
-            _to_number(v) if t == "real" else str(v).lower() for v, t in zip(row, types, strict=True)
+            _to_number(v) if t == "real" else str(v).lower()
+            for v, t in zip(row, types, strict=True)
         ]
         conn.execute(f"INSERT INTO t VALUES ({', '.join('?' * len(vals))})", vals)
     return conn

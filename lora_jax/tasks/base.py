@@ -1,0 +1,132 @@
+"""The Task interface shared by E2E, WikiSQL and SAMSum, and loading rows through `datasets`.
+
+A task turns dataset rows into `Example`s (source text, target text), groups eval examples
+into `EvalItem`s (one per distinct source, with all its references) and scores one
+hypothesis per item. Rows come from the hub (`dataset="owner/name"`) or from local files
+(`data_files={"train": path, "eval": path}` or `data_dir` + file names): CSV, JSON, JSONL
+and parquet all go through `datasets.load_dataset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training/eval pair. key: groups examples with the same source (E2E: the MR)."""
+
+    source: str
+    target: str
+    key: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One thing to decode and score: a distinct source with all of its references."""
+
+    source: str
+    references: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str
+    main_metric: str
+    instruction: str  # prepended to the source in the chat format
+
+    def load(self, split: str) -> list[Example]: ...  # split: "train" | "eval"
+
+    def eval_groups(self, examples: list[Example]) -> list[EvalItem]: ...
+
+    def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]: ...
+
+    def prompt(self, source: str) -> str: ...
+
+    def postprocess(self, generated: str) -> str: ...
+
+
+def check_split(split: str) -> None:
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+
+
+def group_by_key(examples: list[Example]) -> list[EvalItem]:
+    """One EvalItem per distinct key, in order of first appearance, references in file order."""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(ex.key, []).append(ex)
+    return [
+        EvalItem(g[0].source, tuple(e.target for e in g), dict(g[0].extra)) for g in groups.values()
+    ]
+
+
+def resolve_files(
+    split: str, data_files: dict[str, Any] | None, data_dir: str | None, file_names: dict[str, str]
+) -> list[str] | None:
+    """Local files for `split` ("train"/"eval"), or None when the hub should be used."""
+    files: Any = None
+    if data_files is not None:
+        if split not in data_files:
+            raise ValueError(
+                f"data_files has no entry for split {split!r}: got keys {sorted(data_files)}"
+            )
+        files = data_files[split]
+    elif data_dir is not None:
+        files = str(Path(data_dir) / file_names[split])
+    if files is None:
+        return None
+    files = [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{split} data file not found: {f}")
+        if Path(f).suffix.lower() not in _BUILDERS:
+            raise ValueError(f"{f}: unsupported file type; use one of {sorted(_BUILDERS)}")
+    return files
+
+
+def load_rows(
+    files: list[str] | None,
+    dataset: str | None,
+    hub_split: str,
+    config_name: str | None = None,
+    revision: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows as dicts from local files (through `datasets`' csv/json/parquet builders) or the hub."""
+    import datasets
+
+    if files is not None:
+        builder = _BUILDERS[Path(files[0]).suffix.lower()]
+        kwargs: dict[str, Any] = {}
+        if builder == "csv":  # keep "NA", "None", ... as text, never NaN
+            kwargs = {"keep_default_na": False, "na_filter": False}
+        ds = datasets.load_dataset(builder, data_files={"data": files}, split="data", **kwargs)
+    else:
+        if not dataset:
+            raise ValueError("no data: set `dataset` (a hub id) or `data_dir` / `data_files`")
+        ds = datasets.load_dataset(dataset, config_name, split=hub_split, revision=revision)
+    return [dict(r) for r in ds]
+
+
+def require_columns(
+    rows: list[dict], needed: dict[str, tuple[str, ...]], origin: str
+) -> dict[str, str]:
+    """Map each logical column to the first alias present; clear error naming what exists."""
+    present = set(rows[0]) if rows else set()
+    if not rows:
+        raise ValueError(f"{origin}: no rows")
+    found = {}
+    for logical, aliases in needed.items():
+        hit = next((a for a in aliases if a in present), None)
+        if hit is None:
+            raise ValueError(
+                f"{origin}: expected a column named one of {list(aliases)} for {logical}; "
+                f"found columns {sorted(present)}"
+            )
+        found[logical] = hit
+    return found

@@ -1,0 +1,77 @@
+"""E2E NLG (Novikova et al. 2017): MR -> restaurant description; scored by the E2E scorer.
+
+Hub: "tuetschek/e2e_nlg" (columns meaning_representation, human_reference; splits train,
+validation, test). Local: the challenge CSVs (columns mr, ref; several refs per MR on
+consecutive lines), e.g. data_dir=/work/shared/data/e2e, train_file="devset.csv" offline.
+Format (LoRA repo, examples/NLG): context = MR, completion = " " + text (EOS around both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lora_jax.metrics.e2e import e2e_scores
+from lora_jax.tasks.base import (
+    EvalItem,
+    Example,
+    check_split,
+    group_by_key,
+    load_rows,
+    require_columns,
+    resolve_files,
+)
+
+_COLUMNS = {"mr": ("mr", "meaning_representation"), "ref": ("ref", "human_reference")}
+
+
+@dataclass
+class E2ETask:
+    dataset: str | None = "tuetschek/e2e_nlg"
+    data_dir: str | None = None
+    data_files: dict[str, Any] | None = None
+    train_file: str = "trainset.csv"
+    eval_file: str = "testset_w_refs.csv"
+    train_split: str = "train"
+    eval_split: str = "test"
+    coco_metrics: bool = True  # METEOR/ROUGE-L/CIDEr need Java
+    name: str = "e2e"
+    main_metric: str = "bleu"
+    instruction: str = (
+        "Write a one-sentence restaurant description from this meaning representation."
+    )
+
+    def load(self, split: str) -> list[Example]:
+        check_split(split)
+        files = resolve_files(
+            split,
+            self.data_files,
+            self.data_dir,
+            {"train": self.train_file, "eval": self.eval_file},
+        )
+        hub_split = self.train_split if split == "train" else self.eval_split
+        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
+        rows = load_rows(files, self.dataset, hub_split)
+        cols = require_columns(rows, _COLUMNS, origin)
+        out = []
+        for i, row in enumerate(rows):
+            mr, ref = str(row[cols["mr"]] or "").strip(), str(row[cols["ref"]] or "").strip()
+            if not mr or not ref:
+                what = "meaning representation" if not mr else "reference"
+                raise ValueError(
+                    f"{origin}: row {i + 2} has an empty {what}; fix or drop that line"
+                )
+            out.append(Example(source=mr, target=ref, key=mr))
+        return out
+
+    def eval_groups(self, examples: list[Example]) -> list[EvalItem]:
+        return group_by_key(examples)
+
+    def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]:
+        return e2e_scores(hyps, [list(it.references) for it in items], coco=self.coco_metrics)
+
+    def prompt(self, source: str) -> str:
+        return source
+
+    def postprocess(self, generated: str) -> str:
+        return " ".join(generated.strip().split("\n\n")[0].split())

@@ -1,0 +1,80 @@
+"""SAMSum (Gliwa et al. 2019): dialogue -> summary; ROUGE-1/2/L F1 (rouge-score, stemming).
+
+Hub: "Samsung/samsum" (columns id, dialogue, summary; 14,732 train / 819 test). Local JSON,
+JSONL, CSV or parquet files with those columns load through `data_files` / `data_dir`.
+Context = utterances joined by "\\n", then "\\n\\n" (REFERENCE.md, LoRA paper App. C).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lora_jax.metrics.rouge import ROUGE_FLAGS, rouge_scores
+from lora_jax.tasks.base import (
+    EvalItem,
+    Example,
+    check_split,
+    load_rows,
+    require_columns,
+    resolve_files,
+)
+
+_COLUMNS = {"dialogue": ("dialogue",), "summary": ("summary",)}
+
+
+def join_utterances(dialogue: str) -> str:
+    """Normalise line breaks ("\\r\\n" in the release) to one utterance per "\\n" line."""
+    return "\n".join(line.strip() for line in dialogue.splitlines() if line.strip())
+
+
+@dataclass
+class SAMSumTask:
+    dataset: str | None = "Samsung/samsum"
+    data_dir: str | None = None
+    data_files: dict[str, Any] | None = None
+    train_file: str = "train.jsonl"
+    eval_file: str = "test.jsonl"
+    train_split: str = "train"
+    eval_split: str = "test"
+    revision: str | None = None
+    name: str = "samsum"
+    main_metric: str = "rougeL"
+    instruction: str = "Summarize this dialogue."
+
+    def load(self, split: str) -> list[Example]:
+        check_split(split)
+        files = resolve_files(
+            split,
+            self.data_files,
+            self.data_dir,
+            {"train": self.train_file, "eval": self.eval_file},
+        )
+        hub_split = self.train_split if split == "train" else self.eval_split
+        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
+        rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
+        require_columns(rows, _COLUMNS, origin)
+        out = []
+        for i, row in enumerate(rows):
+            dialogue = join_utterances(str(row["dialogue"] or ""))
+            summary = " ".join(str(row["summary"] or "").split())
+            if not dialogue or not summary:
+                what = "dialogue" if not dialogue else "summary"
+                raise ValueError(f"{origin}: example {i} has an empty {what}; fix or drop it")
+            key = str(row.get("id", i))
+            out.append(Example(dialogue, summary, key=key, extra={"id": key}))
+        return out
+
+    def eval_groups(self, examples: list[Example]) -> list[EvalItem]:
+        return [EvalItem(e.source, (e.target,), dict(e.extra)) for e in examples]
+
+    def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]:
+        out: dict[str, Any] = dict(rouge_scores(hyps, [list(it.references) for it in items]))
+        out["rouge_impl"] = ROUGE_FLAGS
+        return out
+
+    def prompt(self, source: str) -> str:
+        return source + "\n\n"
+
+    def postprocess(self, generated: str) -> str:
+        return " ".join(generated.strip().split("\n\n")[0].split())

@@ -1,0 +1,91 @@
+"""WikiSQL (Zhong et al. 2017): question + table header -> SQL; logical-form and execution accuracy.
+
+Hub: "Salesforce/wikisql" (a loading script; on `datasets` >= 3 point `dataset` at a parquet
+mirror, or set revision="refs/convert/parquet"). Schema: question, table{header, types, rows,
+...}, sql{sel, agg, conds{column_index, operator_index, condition}}. Local JSONL/parquet files
+in that schema load through `data_files` / `data_dir`. The paper reports logical-form
+accuracy on the validation split (LoRA paper App. C), our main metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lora_jax.metrics.wikisql import query_from_hub, query_to_text, wikisql_scores
+from lora_jax.tasks.base import (
+    EvalItem,
+    Example,
+    check_split,
+    load_rows,
+    require_columns,
+    resolve_files,
+)
+
+_COLUMNS = {"question": ("question",), "table": ("table",), "sql": ("sql",)}
+
+
+def wikisql_source(question: str, header: list[str]) -> str:
+    """The model's input text: the column names, then the question."""
+    return "Columns: " + " | ".join(header) + "\nQuestion: " + question.strip()
+
+
+@dataclass
+class WikiSQLTask:
+    dataset: str | None = "Salesforce/wikisql"
+    data_dir: str | None = None
+    data_files: dict[str, Any] | None = None
+    train_file: str = "train.jsonl"
+    eval_file: str = "validation.jsonl"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    revision: str | None = None
+    name: str = "wikisql"
+    main_metric: str = "lf_acc"
+    instruction: str = (
+        "Write the SQL query that answers the question over a table with these columns."
+    )
+
+    def load(self, split: str) -> list[Example]:
+        check_split(split)
+        files = resolve_files(
+            split,
+            self.data_files,
+            self.data_dir,
+            {"train": self.train_file, "eval": self.eval_file},
+        )
+        hub_split = self.train_split if split == "train" else self.eval_split
+        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
+        rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
+        require_columns(rows, _COLUMNS, origin)
+        out = []
+        for i, row in enumerate(rows):
+            table, header = row["table"], list(row["table"].get("header") or [])
+            if not header or "rows" not in table:
+                raise ValueError(f"{origin}: example {i} has a table without header/rows")
+            try:
+                query = query_from_hub(row["sql"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(
+                    f"{origin}: example {i} has a malformed sql field ({err}); expected "
+                    "{sel, agg, conds: {column_index, operator_index, condition}}"
+                ) from err
+            source = wikisql_source(str(row["question"]), header)
+            target = query_to_text(query, header)
+            out.append(Example(source, target, key=f"{i}", extra={"table": table, "query": query}))
+        return out
+
+    def eval_groups(self, examples: list[Example]) -> list[EvalItem]:
+        return [EvalItem(e.source, (e.target,), dict(e.extra)) for e in examples]
+
+    def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]:
+        return wikisql_scores(
+            hyps, [it.extra["query"] for it in items], [it.extra["table"] for it in items]
+        )
+
+    def prompt(self, source: str) -> str:
+        return source
+
+    def postprocess(self, generated: str) -> str:
+        lines = generated.strip().splitlines()
+        return lines[0].strip() if lines else ""
