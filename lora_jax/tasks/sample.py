@@ -62,12 +62,12 @@ _RATING = ["1 out of 5", "3 out of 5", "5 out of 5", "low", "average", "high"]
 _AREA = ["city centre", "riverside"]
 
 _PRICE_PHRASES = {
-    "cheap": ["cheap", "low-priced"],
-    "less than £20": ["priced under £20", "costing less than £20"],
-    "£20-25": ["in the £20-25 price range", "priced at £20-25"],
-    "moderate": ["moderately priced", "with moderate prices"],
-    "high": ["expensive", "with high prices"],
-    "more than £30": ["priced above £30", "costing more than £30"],
+    "cheap": ["It is cheap", "Prices there are low"],
+    "less than £20": ["It costs less than £20", "Prices are under £20"],
+    "£20-25": ["It is in the £20-25 price range", "Prices are £20-25"],
+    "moderate": ["It is moderately priced", "Prices there are moderate"],
+    "high": ["It is expensive", "Prices there are high"],
+    "more than £30": ["It costs more than £30", "Prices are above £30"],
 }
 
 
@@ -140,10 +140,10 @@ def realise(mr: dict[str, str], rng: random.Random) -> str:
     sentence = first + (" " + " ".join(clauses) if clauses else "") + "."
     extras = []
     if "priceRange" in mr and not price_done:
-        extras.append(f"It is {rng.choice(_PRICE_PHRASES[mr['priceRange']])}")
+        extras.append(rng.choice(_PRICE_PHRASES[mr["priceRange"]]))
     if "customer rating" in mr:
         r = mr["customer rating"]
-        extras.append(rng.choice([f"It has a {r} customer rating", f"Customers rate it {r}"]))
+        extras.append(rng.choice([f"Its customer rating is {r}", f"Customers rate it {r}"]))
     if "familyFriendly" in mr:
         yes = mr["familyFriendly"] == "yes"
         extras.append(
