@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy for safetensors)
 import numpy as np
 from safetensors import safe_open
 
