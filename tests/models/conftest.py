@@ -101,11 +101,17 @@ def write_tiny_hf_model(out: Path, kind: str, seed: int = 0, **overrides: Any) -
 
 @pytest.fixture(scope="session")
 def make_tiny_hf_model(tmp_path_factory):
-    """Factory ``(kind, seed=0, **config_overrides) -> Path`` of a saved tiny HF model."""
+    """Factory ``(kind, seed=0, **config_overrides) -> Path`` of a saved tiny HF model (memoized:
+    treat the folder as read-only)."""
+
+    made: dict[str, Path] = {}
 
     def make(kind: str, seed: int = 0, **overrides: Any) -> Path:
-        out = tmp_path_factory.mktemp(f"tiny_{kind}")
-        return write_tiny_hf_model(out, kind, seed, **overrides)
+        key = repr((kind, seed, sorted(overrides.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"tiny_{kind}")
+            made[key] = write_tiny_hf_model(out, kind, seed, **overrides)
+        return made[key]
 
     return make
 
