@@ -1,0 +1,46 @@
+"""Task evaluation: decode one hypothesis per distinct source with the KV cache, then score
+with the task's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lora_jax.decoding import generate
+from lora_jax.tasks.base import EvalItem
+from lora_jax.tasks.formatting import encode_prompt
+
+
+def decode_items(
+    module: Any,
+    variables: Mapping[str, Any],
+    model_cfg: Any,
+    tokenizer: Any,
+    task: Any,
+    items: Sequence[EvalItem],
+    fmt: str,
+    decode_cfg: Mapping[str, Any],
+    max_len: int,
+) -> list[str]:
+    """Generated text per item (post-processed by the task)."""
+    prompts = [encode_prompt(tokenizer, it.source, fmt, task) for it in items]
+    eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
+    eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
+    max_new = int(decode_cfg["max_new_tokens"])
+    out = generate(
+        module, variables, prompts, cfg=model_cfg,
+        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_id,
+        max_new_tokens=max_new, num_beams=int(decode_cfg["num_beams"]),
+        length_penalty=float(decode_cfg["length_penalty"]),
+        no_repeat_ngram_size=int(decode_cfg["no_repeat_ngram_size"]),
+        batch_size=int(decode_cfg["batch_size"]), max_prompt_len=max(max_len - max_new, 8),
+    )  # fmt: skip
+    return [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
+
+
+def evaluate(module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len):
+    """-> (metrics dict, hypotheses)."""
+    hyps = decode_items(
+        module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len
+    )
+    return task.score(hyps, list(items)), hyps

@@ -1,0 +1,447 @@
+"""The training app: ``python -m lora_jax.train [overrides]`` (console script lora-jax-train).
+
+One run, top to bottom: compose the Hydra config (conf/) → load the frozen model → init the
+LoRA tree and its optimizer from the trainable/frozen labels → tokenize and bucket the task →
+jitted train steps (LoRA grads only; host syncs only at log points) with orbax checkpoints of
+(lora, opt_state, step) → decode + task metrics before and after → ``results.json``,
+``predictions.txt`` and W&B. A failing run still writes ``results.json`` (status "failed");
+in a multirun the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import lora_jax
+from lora_jax import config as config_schema
+from lora_jax.checkpoint import Checkpointer, load_adapter
+from lora_jax.evaluate import evaluate
+from lora_jax.lora import LoraConfig, param_report
+from lora_jax.lora import init as lora_init
+from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.optim import build_optimizer
+from lora_jax.step import make_train_step
+from lora_jax.tasks import get_task
+from lora_jax.tasks.batching import TrainBatches, default_buckets
+from lora_jax.tasks.formatting import encode_example
+from lora_jax.tasks.sample import write_e2e_sample
+from lora_jax.tracking import Tracker, console, flatten
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the results record (also written)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    results = _new_results(cfg, resolved, run_dir)
+    tracker = None
+    try:
+        tracker = Tracker(cfg.logger, run_dir, cfg.name, results["sweep"], resolved)
+        _train_and_eval(cfg, run_dir, results, tracker)
+        results["status"] = "ok"
+    except BaseException as e:
+        results["status"] = "failed"
+        results["error"] = f"{type(e).__name__}: {e}"
+        results["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        results["run"]["finished"] = _now()
+        results["run"]["wall_time_s"] = time.time() - results["run"]["_t0"]
+        results["run"].pop("_t0", None)
+        _write_json(run_dir / "results.json", results)
+        if tracker is not None:
+            tracker.summary(flatten({"metrics": results["metrics"], "params": results["params"]})
+                            | {"status": results["status"], "main_metric": results["main_metric"]})  # fmt: skip
+            tracker.finish(exit_code=0 if results["status"] == "ok" else 1)
+    return results
+
+
+def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Tracker) -> None:
+    tcfg, ocfg = cfg.trainer, cfg.optim
+    # 1. The frozen model.
+    t = time.time()
+    lm = load_model(cfg.model.source, cfg.model.dtype, cfg.model.param_dtype, cfg.lora.dropout)
+    module, frozen, tok = lm.module, lm.params, lm.tokenizer
+    console.print(f"[bold]model[/] {cfg.model.name} ({lm.config.model_type}, {lm.config.num_layers} layers) "
+                  f"from {cfg.model.source} in {time.time() - t:.1f}s")  # fmt: skip
+
+    # 2. The LoRA tree and the parameter report.
+    lora_cfg = LoraConfig.from_dict(
+        {k: v for k, v in OmegaConf.to_container(cfg.lora).items() if k != "preset"}
+        | {"seed": cfg.seed}
+    )
+    lora, targets = lora_init(
+        jax.random.PRNGKey(cfg.seed), frozen, lora_cfg, lora_modules(lm.config)
+    )
+    report = param_report(targets, frozen)
+    results["params"] = report.as_dict()
+    console.print(f"LoRA on {len(targets)} blocks: {_describe(targets)}")
+    console.print(str(report))
+
+    # 3. The task: train examples → token ids → fixed-shape batches; eval items.
+    task = _build_task(cfg.task, run_dir)
+    results["main_metric"] = task.main_metric
+    items = task.eval_groups(task.load("eval"))
+    if cfg.task.max_eval_items:
+        items = items[: cfg.task.max_eval_items]
+    evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir)
+
+    if cfg.adapter:
+        lora = load_adapter(cfg.adapter, lora)
+        console.print(f"loaded adapter from {cfg.adapter}")
+    if tcfg.eval_only:
+        results["metrics"]["eval"] = evaluate_now(lora, "eval")
+        _print_metrics(results["metrics"])
+        return
+
+    train = task.load("train")
+    if cfg.task.max_train_examples:
+        train = train[: cfg.task.max_train_examples]
+    encoded = [encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task) for ex in train]
+    batches = TrainBatches(
+        encoded, tcfg.batch_size, cfg.seed, default_buckets(cfg.task.max_len), tok.pad_id
+    )
+    micro_steps = _total_steps(tcfg, batches.steps_per_epoch)
+    tx, lr_fn = build_optimizer(
+        OmegaConf.to_container(ocfg), lora, max(micro_steps // ocfg.grad_accum, 1)
+    )
+    opt_state = tx.init(lora)
+    console.print(f"{len(train)} train examples, {batches.steps_per_epoch} steps/epoch, {micro_steps} steps, "
+                  f"{len(items)} eval items, buckets {batches.buckets}")  # fmt: skip
+
+    # 4. Resume.
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.ckpt_keep)
+    start = 0
+    if tcfg.resume and ckpt.latest_step() is not None:
+        lora, opt_state, start, _ = ckpt.restore(lora, opt_state)
+        console.print(f"resumed from {ckpt.directory} at step {start}")
+
+    if tcfg.eval_before and start == 0:
+        results["metrics"]["eval_before"] = evaluate_now(lora, "eval_before")
+
+    # 5. The loop: one jitted step; device metrics are fetched only at log points.
+    step_fn = make_train_step(
+        module, tx, label_smoothing=ocfg.label_smoothing, dropout=cfg.lora.dropout > 0
+    )
+    key = jax.random.PRNGKey(cfg.seed)
+    train_m = results["metrics"]["train"]
+    pending: list[dict] = []
+    window_tokens, window_t0, last_good, tps_all = 0, None, start, []
+    end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
+    progress = _progress(tcfg.progress, end - start)
+    step = start
+    for step in range(start, end):
+        batch = batches.batch_at(step)
+        window_tokens += int(batch["attention_mask"].sum())
+        lora, opt_state, m = step_fn(lora, opt_state, frozen, batch, jax.random.fold_in(key, step))
+        pending.append(m)
+        done = step + 1
+        if window_t0 is None:  # exclude the compile from throughput
+            jax.block_until_ready(m["loss"])
+            window_t0, window_tokens = time.perf_counter(), 0
+        if done % tcfg.log_every == 0 or done == end:
+            host = jax.device_get(pending)
+            pending = []
+            loss = float(np.mean([h["loss"] for h in host]))
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss} by step {done}; stopped. The last good checkpoint is step "
+                    f"{last_good} in {ckpt.directory} (resume with trainer.resume=true after lowering "
+                    f"optim.lr or setting optim.grad_clip)"
+                )
+            dt = time.perf_counter() - window_t0
+            tps = window_tokens / dt if dt > 0 and window_tokens else float("nan")
+            if math.isfinite(tps):
+                tps_all.append(tps)
+            window_t0, window_tokens = time.perf_counter(), 0
+            train_m.setdefault("first_loss", float(host[0]["loss"]) if start == 0 else None)
+            train_m["final_loss"] = loss
+            row = {"train/loss": loss, "train/nll": float(np.mean([h["nll"] for h in host])),
+                   "train/grad_norm": float(host[-1]["grad_norm"]), "train/lr": float(lr_fn(done // ocfg.grad_accum)),
+                   "train/tokens_per_s": tps}  # fmt: skip
+            train_m.setdefault("losses", []).append([done, loss])
+            tracker.log(row, step=done)
+            progress(done - start, f"loss {loss:.4f}  lr {row['train/lr']:.2e}  {tps:,.0f} tok/s")
+        if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
+            if not math.isfinite(float(m["loss"])):
+                continue  # never checkpoint a broken state; the next log point stops the run
+            ckpt.save(done, lora, opt_state)
+            last_good = done
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
+            ev = evaluate_now(lora, f"eval_step{done}")
+            tracker.log(
+                {f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))}, step=done
+            )
+    progress(None, "")
+    done = step + 1 if end > start else start
+    ckpt.save(done, lora, opt_state)
+    ckpt.close()
+    train_m.update(steps=done, tokens_per_s=float(np.median(tps_all)) if tps_all else None)
+    if done < micro_steps:
+        console.print(
+            f"stopped after step {done} of {micro_steps} (trainer.stop_after); resume with trainer.resume=true"
+        )
+        results["run"]["stopped_at"] = done
+        return
+
+    # 6. Evaluate the trained adapter.
+    results["metrics"]["eval"] = evaluate_now(lora, "eval")
+    tracker.log(
+        {
+            f"eval/{k}": v
+            for k, v in results["metrics"]["eval"].items()
+            if isinstance(v, (int, float))
+        },
+        step=done,
+    )
+    results["memory"] = _memory()
+    _print_metrics(results["metrics"])
+
+
+def _evaluator(cfg, lm, tok, task, items, run_dir):
+    def evaluate_now(lora, tag: str) -> dict:
+        t = time.time()
+        variables = {"params": lm.params, "lora": lora}
+        metrics, hyps = evaluate(lm.module, variables, lm.config, tok, task, items, cfg.task.format,
+                                 cfg.task.decode, cfg.task.max_len)  # fmt: skip
+        (run_dir / f"predictions_{tag}.txt").write_text(
+            "".join(h.replace("\n", " ") + "\n" for h in hyps)
+        )
+        console.print(f"{tag}: decoded {len(items)} items in {time.time() - t:.1f}s: "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))  # fmt: skip
+        return metrics
+
+    return evaluate_now
+
+
+def _build_task(tc: DictConfig, run_dir: Path):
+    kw: dict[str, Any] = {}
+    for k in (
+        "dataset",
+        "data_dir",
+        "data_files",
+        "train_file",
+        "eval_file",
+        "train_split",
+        "eval_split",
+    ):
+        v = tc.get(k)
+        if v is not None:
+            kw[k] = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+    if tc.sample:
+        if tc.name != "e2e":
+            raise ValueError(
+                f"task.sample=true writes an E2E-format sample; it does not apply to task {tc.name!r}"
+            )
+        train_csv, test_csv = write_e2e_sample(run_dir / "data")
+        kw = {"data_files": {"train": str(train_csv), "eval": str(test_csv)}}
+    if kw.get("data_dir") is not None and not Path(kw["data_dir"]).is_dir():
+        raise FileNotFoundError(
+            f"task.data_dir={kw['data_dir']!r} is not a directory; point it at the folder with the task's files"
+        )
+    return get_task(tc.name, **kw, **OmegaConf.to_container(tc.options))
+
+
+def _total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int:
+    if tcfg.max_steps:
+        return int(tcfg.max_steps)
+    if tcfg.epochs:
+        return max(int(math.ceil(tcfg.epochs * steps_per_epoch)), 1)
+    raise ValueError("set trainer.max_steps or trainer.epochs")
+
+
+def _describe(targets) -> str:
+    layers = sorted({t.layer for t in targets})
+    names = sorted({t.name for t in targets}, key=["q", "k", "v", "o", "gate", "up", "down"].index)
+    scales = sorted({(t.r, t.alpha, round(t.scale, 6)) for t in targets})
+    sc = "; ".join(f"r={r} alpha={a:g} scale={s:g}" for r, a, s in scales)
+    span = (
+        f"{layers[0]}-{layers[-1]}"
+        if layers == list(range(layers[0], layers[-1] + 1))
+        else str(layers)
+    )
+    return f"layers {span} x {{{', '.join(names)}}}, {sc}"
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled or total <= 0:
+        return lambda *_: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, dynamic_ncols=True, file=sys.stdout)
+
+    def update(n, text):
+        if n is None:
+            bar.close()
+            return
+        bar.n = n
+        bar.set_postfix_str(text)
+        bar.refresh()
+
+    return update
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    before, after = metrics.get("eval_before") or {}, metrics.get("eval") or {}
+    table = Table(title="task metrics")
+    table.add_column("metric")
+    if before:
+        table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for k in after:
+        v = after[k]
+        cells = (
+            [f"{before.get(k):.4f}" if isinstance(before.get(k), float) else str(before.get(k, ""))]
+            if before
+            else []
+        )
+        table.add_row(k, *cells, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    tr = metrics.get("train") or {}
+    if tr.get("first_loss") is not None:
+        console.print(
+            f"train loss {tr['first_loss']:.4f} -> {tr['final_loss']:.4f} over {tr.get('steps')} steps"
+        )
+
+
+def _memory() -> dict:
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "peak_bytes": stats.get("peak_bytes_in_use"),
+        "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def _new_results(cfg: DictConfig, resolved: dict, run_dir: Path) -> dict:
+    import flax
+
+    alpha = cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.r
+    targets = cfg.lora.preset if cfg.lora.preset != "custom" else _targets_name(cfg.lora.targets)
+    return {
+        "status": "running",
+        "error": None,
+        "run": {
+            "name": cfg.name,
+            "dir": str(run_dir),
+            "_t0": time.time(),
+            "started": _now(),
+            "git_commit": _git_commit(),
+            "lora_jax_version": lora_jax.__version__,
+            "jax_version": jax.__version__,
+            "flax_version": flax.__version__,
+            "device_kind": jax.devices()[0].device_kind,
+            "platform": jax.default_backend(),
+            "host": platform.node(),
+            "command": " ".join(sys.argv),
+        },  # fmt: skip
+        "config": resolved,
+        "sweep": {
+            "sweep": cfg.sweep,
+            "model": cfg.model.name,
+            "task": cfg.task.name,
+            "targets": targets,
+            "r": int(cfg.lora.r),
+            "alpha": float(alpha),
+            "scaling": cfg.lora.scaling,
+            "seed": int(cfg.seed),
+        },  # fmt: skip
+        "params": {},
+        "metrics": {"eval": {}, "eval_before": {}, "train": {}},
+        "main_metric": None,
+        "memory": {"peak_bytes": None},
+    }
+
+
+def _targets_name(targets: Any) -> str:
+    return targets if isinstance(targets, str) else "+".join(map(str, targets))
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    import json
+
+    def default(x):
+        if isinstance(x, (np.generic, jnp.ndarray)):
+            return np.asarray(x).tolist()
+        return str(x)
+
+    path.write_text(json.dumps(obj, indent=2, default=default))
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    _quiet_libraries()  # again: Hydra re-configures logging when the job starts
+    hc = HydraConfig.get()
+    run_dir = Path(cfg.output_dir or hc.runtime.output_dir)
+    try:
+        res = run(cfg, run_dir)
+    except Exception as e:
+        if hc.mode == RunMode.MULTIRUN:  # one failing run must not stop the sweep
+            console.print(
+                f"[red]run {cfg.name} failed[/]: {type(e).__name__}: {e} (see {run_dir}/results.json)"
+            )
+            return None
+        raise
+    main = res["metrics"]["eval"].get(res["main_metric"]) if res["main_metric"] else None
+    return main if isinstance(main, float) else None
+
+
+def main() -> None:
+    config_schema.register()
+    _quiet_libraries()
+    _hydra_main()
+
+
+def _quiet_libraries() -> None:
+    """orbax logs every checkpoint step through absl at INFO; keep the console for our lines."""
+    import logging
+    import warnings
+
+    for name in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+if __name__ == "__main__":
+    main()
