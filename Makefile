@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine (each creates .venv and installs on first use):
+#   make demo   - the offline main job: LoRA on SmolLM2-135M over an embedded E2E-format sample
+#   make test   - the test suite (what .ci/run runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+# The real SmolLM2-135M-Instruct GGUF and the E2E CSVs of this workplace (see README, "Data and models").
+ENV = LORA_JAX_SMOLLM2_GGUF="$${LORA_JAX_SMOLLM2_GGUF:-$$($(SHARED)/bin/get-smollm2)}" \
+      LORA_JAX_E2E_DIR="$${LORA_JAX_E2E_DIR:-$(abspath $(SHARED)/data/e2e)}"
+
+.PHONY: setup demo test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(ENV) $(PY) -m lora_jax.train $(ARGS)
+
+test: setup
+	$(ENV) $(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check lora_jax tests && $(VENV)/bin/ruff format --check lora_jax tests
