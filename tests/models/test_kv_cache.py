@@ -96,7 +96,7 @@ def test_cache_layout_and_beam_reorder():
 def test_bad_cache_errors():
     module = build_model(LLAMA)
     ids = jnp.zeros((2, 4), jnp.int32)
-    params = module.init(jax.random.key(0), ids)["params"]
+    params = jax.jit(module.init)(jax.random.key(0), ids)["params"]
     with pytest.raises(ValueError, match="batch size 3"):
         module.apply({"params": params}, ids, cache=init_cache(LLAMA, 3, 8))
     with pytest.raises(ValueError, match="do not fit"):

@@ -103,7 +103,8 @@ def test_sliding_window_matches_transformers(make_tiny_hf_model):
 def test_init_tree_equals_converted_tree_and_roundtrip(kind, make_tiny_hf_model):
     cfg, state = load_dir(make_tiny_hf_model(kind))
     params = convert.params_from_hf(state, cfg)
-    init = build_model(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    module = build_model(cfg)
+    init = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     shapes = lambda t: {k: (v.shape, v.dtype) for k, v in traverse_util.flatten_dict(t).items()}
     assert shapes(init) == shapes(params)
     back = convert.params_to_hf(params, cfg)
@@ -222,7 +223,7 @@ def test_lora_zero_b_is_identity_and_nonzero_b_equals_merged_weight():
     cfg = _tiny_llama_cfg()
     module = build_model(cfg)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 7)), jnp.int32)
-    params = module.init(jax.random.key(0), ids)["params"]
+    params = jax.jit(module.init)(jax.random.key(0), ids)["params"]
     base, _ = module.apply({"params": params}, ids)
     a = jax.random.normal(jax.random.key(1), (16, 4))
     zero = {
@@ -255,7 +256,7 @@ def test_gpt2_lora_on_v_block_only_changes_v_columns():
     )  # fmt: skip
     module = build_model(cfg)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 7)), jnp.int32)
-    params = module.init(jax.random.key(0), ids)["params"]
+    params = jax.jit(module.init)(jax.random.key(0), ids)["params"]
     a = jax.random.normal(jax.random.key(1), (16, 2))
     b = jax.random.normal(jax.random.key(2), (2, 16))
     lora = {"h_0": {"attn": {"c_attn": {"v": {"a": a, "b": b, "scale": jnp.asarray(0.5)}}}}}
@@ -269,7 +270,7 @@ def test_lora_dropout_needs_rng_and_changes_output_only_when_not_deterministic()
     cfg = _tiny_llama_cfg()
     module = build_model(cfg, lora_dropout=0.5)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 7)), jnp.int32)
-    params = module.init(jax.random.key(0), ids)["params"]
+    params = jax.jit(module.init)(jax.random.key(0), ids)["params"]
     a = jax.random.normal(jax.random.key(1), (16, 4))
     b = jax.random.normal(jax.random.key(2), (4, 16))
     lora = {
