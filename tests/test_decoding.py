@@ -315,3 +315,71 @@ def test_matches_transformers_generate_on_toy(toy, nb, lp, ngram, eos, es):
     )
     assert got == want
     assert any(len(w) < 14 for w in want), "eos should end some hypotheses"
+
+
+# ---------------------------------------------------------------- real tiny checkpoints
+
+HF_CONFIGS = {
+    "gpt2": dict(model_type="gpt2", vocab_size=48, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                 bos_token_id=0, eos_token_id=0),
+    "llama": dict(model_type="llama", vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                  max_position_embeddings=64, bos_token_id=0, eos_token_id=0),
+}  # fmt: skip
+REAL_PROMPTS = [[5, 9, 2], [7], [1, 3, 3, 8, 11, 4, 20, 2, 30, 6, 13], [17, 4], [40, 2, 3, 4, 5, 6]]
+
+
+@pytest.fixture(scope="module", params=sorted(HF_CONFIGS))
+def tiny_real(request, tmp_path_factory):
+    """(HF torch model, our LoadedModel) for a tiny random checkpoint written by save_pretrained."""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    from lora_jax.models.registry import load_model
+
+    torch.manual_seed(0)
+    kw = dict(HF_CONFIGS[request.param])
+    hf_cfg = tf.AutoConfig.for_model(kw.pop("model_type"), **kw)
+    model = tf.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    with torch.no_grad():  # HF's 0.02 init gives near-uniform logits: sharpen so argmax is stable
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or "ln_f" in name:
+                continue
+            p.copy_(0.2 * torch.randn(p.shape))
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    return model, load_model(str(folder))
+
+
+def hf_real_generate(model, prompt, eos, **kw) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                             dtype=torch.long), eos_token_id=eos, pad_token_id=0, do_sample=False,
+                             **kw)[0, len(prompt) :].tolist()  # fmt: skip
+    eos = [eos] if isinstance(eos, int) else eos
+    return out[: next((i for i, t in enumerate(out) if t in eos), len(out))]
+
+
+@pytest.mark.torch
+def test_matches_transformers_on_tiny_gpt2_and_llama(tiny_real):
+    model, loaded = tiny_real
+    variables = {"params": loaded.params}
+    # an eos id that greedy decoding reaches for some prompts but not all
+    free = [hf_real_generate(model, p, 47, max_new_tokens=12) for p in REAL_PROMPTS]
+    counts = {t: sum(t in o for o in free) for o in free for t in o}
+    eos = min(counts, key=lambda t: (counts[t], t))  # in as few outputs as possible
+    lengths = []
+    for settings in (
+        dict(num_beams=1, no_repeat_ngram_size=3),
+        dict(num_beams=4, length_penalty=0.9, no_repeat_ngram_size=3),
+    ):
+        want = [hf_real_generate(model, p, [eos, 47], max_new_tokens=12, **settings)
+                for p in REAL_PROMPTS]  # fmt: skip
+        got = generate(loaded.module, variables, REAL_PROMPTS, cfg=loaded.config,
+                       eos_token_id=[eos, 47], pad_token_id=0, max_new_tokens=12, batch_size=8,
+                       **settings)  # fmt: skip
+        assert got == want, settings
+        assert any(len(w) < 12 for w in want), f"eos should end some outputs: {want}"
+        lengths += [len(w) for w in want]
+    assert 12 in lengths, "some output should run to max_new_tokens"
