@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -120,3 +120,8 @@ class Config:
 
 def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+# ``${if_null:${lora.alpha},${lora.r}}``: the first value unless it is null (``oc.select``
+# returns a present null as None). Registered on import, so launcher workers have it too.
+OmegaConf.register_new_resolver("if_null", lambda v, d: d if v is None else v, replace=True)
