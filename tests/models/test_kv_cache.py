@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest_gguf import smollm2_gguf  # noqa: F401
 
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, init_cache
@@ -103,3 +104,28 @@ def test_bad_cache_errors():
         module.apply({"params": params}, ids, cache=init_cache(LLAMA, 2, 3))
     with pytest.raises(ValueError, match="layers"):
         module.apply({"params": params}, ids, cache=init_cache(LLAMA.replace(num_layers=1), 2, 8))
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_cached_decoding_equals_full_forward(smollm2_gguf):  # noqa: F811
+    """Real SmolLM2-135M: greedy decoding through the cache, left-padded batch of two prompts;
+    every step's logits equal a full forward over the whole sequence so far."""
+    from lora_jax.models.registry import load_model
+
+    lm = load_model(str(smollm2_gguf))
+    rows = [lm.tokenizer.encode(t) for t in ["The capital of France is", "Hello"]]
+    width = max(map(len, rows))
+    ids = np.zeros((2, width), np.int32)
+    mask = np.zeros((2, width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+    apply = jax.jit(lambda i, m, c: lm.module.apply({"params": lm.params}, i, m, cache=c))
+    logits, cache = apply(ids, mask, init_cache(lm.config, 2, width + 4))
+    steps = []
+    for _ in range(4):
+        nxt = np.asarray(jnp.argmax(logits[:, -1], axis=-1), np.int32)[:, None]
+        ids, mask = np.concatenate([ids, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1)
+        logits, cache = apply(nxt, np.ones_like(nxt), cache)
+        steps.append(np.asarray(logits[:, 0]))
+    full, _ = jax.jit(lm.module.apply)({"params": lm.params}, ids, mask)
+    np.testing.assert_allclose(np.stack(steps, 1), np.asarray(full[:, -4:]), atol=1e-3, rtol=0)
