@@ -118,5 +118,7 @@ def load_safetensors_dir(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
             raise FileNotFoundError(
                 f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}"
                 + (f" (found {others}: add the index file)" if others else "")
+                + ". A Hub repo with only pytorch_model.bin has no safetensors to fetch: convert it "
+                "with transformers' save_pretrained(dst, safe_serialization=True) and load dst"
             )
     return config, normalize_keys(state, config.get("model_type"))
