@@ -185,7 +185,7 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
             tracker.log(row, step=done)
             progress(done - start, f"loss {loss:.4f}  lr {row['train/lr']:.2e}  {tps:,.0f} tok/s")
         if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
-            if not math.isfinite(float(m["loss"])):
+            if not (math.isfinite(float(m["loss"])) and _all_finite(lora)):
                 continue  # never checkpoint a broken state; the next log point stops the run
             ckpt.save(done, lora, opt_state)
             last_good = done
@@ -218,6 +218,12 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     )
     results["memory"] = _memory()
     _print_metrics(results["metrics"])
+
+
+def _all_finite(tree: Any) -> bool:
+    """Whether every leaf of ``tree`` is finite (an update can overflow while the loss that
+    produced it was finite)."""
+    return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
 
 
 def _evaluator(cfg, lm, tok, task, items, run_dir):
