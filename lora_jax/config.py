@@ -122,6 +122,12 @@ def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-# ``${if_null:${lora.alpha},${lora.r}}``: the first value unless it is null (``oc.select``
-# returns a present null as None). Registered on import, so launcher workers have it too.
-OmegaConf.register_new_resolver("if_null", lambda v, d: d if v is None else v, replace=True)
+def _if_null(value: Any, default: Any) -> Any:
+    """``${if_null:${lora.alpha},${lora.r}}``: the first value unless it is null (``oc.select``
+    returns a present null as None); integral floats print as ints (run names: a32, not a32.0)."""
+    v = default if value is None else value
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# Registered on import, so launcher workers that import the app have it too.
+OmegaConf.register_new_resolver("if_null", _if_null, replace=True)

@@ -95,6 +95,13 @@ def generate(
     cache_dtype = getattr(module, "dtype", jnp.float32)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
+
+    def collect(idx: list[int], result: Any) -> None:
+        toks, lens = jax.device_get(result)
+        for r, i in enumerate(idx):
+            out[i] = toks[r, : lens[r]].tolist()
+
+    pending = None  # dispatch batch k+1 before reading batch k back: the device never idles
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size]
         rows = _bucket(len(idx), batch_size)
@@ -106,9 +113,11 @@ def generate(
             ids[r, plen - len(p) :], mask[r, plen - len(p) :] = p, 1
         mask[len(idx) :, -1] = 1  # filler rows: one pad token, so no row is empty
         cache = init_cache(cfg, rows, plen + max_new_tokens, cache_dtype)
-        toks, lens = jax.device_get(run(variables, jnp.asarray(ids), jnp.asarray(mask), cache))
-        for r, i in enumerate(idx):
-            out[i] = toks[r, : lens[r]].tolist()
+        result = run(variables, jnp.asarray(ids), jnp.asarray(mask), cache)
+        if pending is not None:
+            collect(*pending)
+        pending = (idx, result)
+    collect(*pending)
     return out
 
 
@@ -127,7 +136,9 @@ def _check_args(
         raise ValueError(
             "every prompt needs at least one token (got an empty prompt list or prompt)"
         )
-    eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id)
+    if eos_token_id is None:
+        raise ValueError("eos_token_id is required (GPT-2: 50256; or a list such as [50256, 628])")
+    eos = tuple(int(e) for e in np.atleast_1d(np.asarray(eos_token_id, dtype=np.int64)))
     if not eos:
         raise ValueError("eos_token_id must be an int or a non-empty list of ints")
     if pad_token_id is None:

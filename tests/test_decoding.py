@@ -185,6 +185,8 @@ def test_bad_arguments_have_clear_errors(toy):
         generate(module, variables, [[1], []], **kw)
     with pytest.raises(ValueError, match="early_stopping"):
         generate(module, variables, [[1]], early_stopping="sometimes", **kw)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        generate(module, variables, [[1]], **{**kw, "eos_token_id": []})
     with pytest.raises(ValueError, match="num_beams"):
         generate(module, variables, [[1]], num_beams=0, **kw)
 
