@@ -87,7 +87,9 @@ def test_sigkill_after_checkpoint_then_resume(uninterrupted, tiny_e2e_gpt2_dir, 
         if proc.poll() is None:
             proc.kill()
     if proc.returncode != -signal.SIGKILL:
-        pytest.fail(f"the run was not killed mid-way (rc {proc.returncode}): {proc.stderr.read()[-2000:]}")
+        pytest.fail(
+            f"the run was not killed mid-way (rc {proc.returncode}): {proc.stderr.read()[-2000:]}"
+        )
     steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
     assert steps and steps[-1] < N, steps
     assert not (tmp_path / "results.json").exists() or read_results(tmp_path)["status"] != "ok"
