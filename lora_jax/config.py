@@ -114,7 +114,7 @@ class Config:
     seed: int = 0
     name: str = "run"
     output_dir: str | None = None  # default: Hydra's run dir
-    sweep: str = "none"  # the sweep this run belongs to (W&B group, report)
+    sweep_name: str = "none"  # the sweep this run belongs to (W&B group, report)
     adapter: str | None = None  # a run's checkpoints/ dir: load its LoRA tree (eval_only)
 
 

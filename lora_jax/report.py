@@ -182,7 +182,10 @@ def collect_runs(root: str | Path) -> list[Run]:
             f"no runs under {root}: expected run dirs with results.json or .hydra/overrides.yaml "
             "(point at a multirun dir like multirun/DATE/TIME, or use --wandb ENTITY/PROJECT)"
         )
-    key = lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]
+    # natural order: numeric parts by value, before names ("2" < "10" < "failed_0")
+    key = lambda p: [
+        (0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts
+    ]
     return [load_run_dir(d, root) for d in sorted(run_dirs, key=key)]
 
 

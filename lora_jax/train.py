@@ -366,7 +366,7 @@ def _new_results(cfg: DictConfig, resolved: dict, run_dir: Path) -> dict:
         },  # fmt: skip
         "config": resolved,
         "sweep": {
-            "sweep": cfg.sweep,
+            "sweep": cfg.sweep_name,
             "model": cfg.model.name,
             "task": cfg.task.name,
             "targets": targets,
