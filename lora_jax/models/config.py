@@ -99,7 +99,10 @@ class ModelConfig:
             attention_bias=bool(hf.get("attention_bias", mt == "qwen2")),
             mlp_bias=bool(hf.get("mlp_bias", False)),
             activation=hf.get("hidden_act", "silu"),
-            sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window") else None,
+            # Mistral configs carry sliding_window without a use_sliding_window switch (Qwen2 has one)
+            sliding_window=hf.get("sliding_window")
+            if (mt == "mistral" or hf.get("use_sliding_window"))
+            else None,
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
             pad_token_id=hf.get("pad_token_id"),
