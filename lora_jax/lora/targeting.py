@@ -34,9 +34,9 @@ _LAYER_SCOPE = re.compile(r"^(?P<base>.+)_(?P<idx>\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
-    """One adapted column block of one kernel. ``path``: the module scope in the params tree,
-    e.g. ("h_3", "attn", "c_attn"); ``block``/``n_blocks``: its column block in the kernel."""
+class Candidate:
+    """One targetable column block of one kernel. ``path``: the module scope in the params
+    tree, e.g. ("h_3", "attn", "c_attn"); ``block``/``n_blocks``: its column block."""
 
     path: tuple[str, ...]
     name: str
@@ -45,9 +45,6 @@ class Target:
     n_blocks: int
     d_in: int
     d_out: int
-    r: int
-    alpha: float
-    scale: float
 
     @property
     def module_id(self) -> str:
@@ -56,29 +53,19 @@ class Target:
     @property
     def id(self) -> str:
         return f"{self.module_id}.{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target(Candidate):
+    """An adapted block: a candidate with its rank, alpha and scale."""
+
+    r: int = 0
+    alpha: float = 0.0
+    scale: float = 0.0
 
     @property
     def num_params(self) -> int:
         return (self.d_in + self.d_out) * self.r
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidate:
-    path: tuple[str, ...]
-    name: str
-    layer: int
-    block: int
-    n_blocks: int
-    d_in: int
-    d_out: int
-
-    @property
-    def module_id(self) -> str:
-        return module_id(self.path)
-
-    @property
-    def id(self) -> str:
-        return f"{self.module_id}.{self.name}"
 
 
 def module_id(path: tuple[str, ...]) -> str:
@@ -199,20 +186,7 @@ def resolve(
                 f"be <= {min(c.d_in, c.d_out)} (set lora.r or lora.rank_pattern lower)"
             )
         alpha = cfg.alpha_for(r, _pattern_value(cfg.alpha_pattern, c))
-        out.append(
-            Target(
-                c.path,
-                c.name,
-                c.layer,
-                c.block,
-                c.n_blocks,
-                c.d_in,
-                c.d_out,
-                r,
-                alpha,
-                cfg.scale(r, alpha),
-            )
-        )
+        out.append(Target(**dataclasses.asdict(c), r=r, alpha=alpha, scale=cfg.scale(r, alpha)))
     if not out:
         raise ValueError(
             f"lora.targets {list(cfg.target_list)} with lora.layers={cfg.layers} selects nothing"

@@ -130,3 +130,35 @@ def require_columns(
             )
         found[logical] = hit
     return found
+
+
+@dataclass
+class RowSource:
+    """Where a task's rows come from: a hub dataset (``dataset``, ``train_split`` /
+    ``eval_split``, ``revision``) or local files (``data_files`` or ``data_dir`` + file names).
+    Tasks subclass it with their own defaults."""
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    data_files: dict[str, Any] | None = None
+    train_file: str = "train.jsonl"
+    eval_file: str = "validation.jsonl"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    revision: str | None = None
+
+    def rows(
+        self, split: str, columns: dict[str, tuple[str, ...]]
+    ) -> tuple[list[dict], dict[str, str], str]:
+        """(rows, column name per role, origin for error messages) of ``split``."""
+        check_split(split)
+        files = resolve_files(
+            split,
+            self.data_files,
+            self.data_dir,
+            {"train": self.train_file, "eval": self.eval_file},
+        )
+        hub_split = self.train_split if split == "train" else self.eval_split
+        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
+        rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
+        return rows, require_columns(rows, columns, origin), origin

@@ -15,21 +15,16 @@ from lora_jax.metrics.e2e import e2e_scores
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
-    check_split,
+    RowSource,
     group_by_key,
-    load_rows,
-    require_columns,
-    resolve_files,
 )
 
 _COLUMNS = {"mr": ("mr", "meaning_representation"), "ref": ("ref", "human_reference")}
 
 
 @dataclass
-class E2ETask:
+class E2ETask(RowSource):
     dataset: str | None = "tuetschek/e2e_nlg"
-    data_dir: str | None = None
-    data_files: dict[str, Any] | None = None
     train_file: str = "trainset.csv"
     eval_file: str = "testset_w_refs.csv"
     train_split: str = "train"
@@ -42,17 +37,7 @@ class E2ETask:
     )
 
     def load(self, split: str) -> list[Example]:
-        check_split(split)
-        files = resolve_files(
-            split,
-            self.data_files,
-            self.data_dir,
-            {"train": self.train_file, "eval": self.eval_file},
-        )
-        hub_split = self.train_split if split == "train" else self.eval_split
-        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
-        rows = load_rows(files, self.dataset, hub_split)
-        cols = require_columns(rows, _COLUMNS, origin)
+        rows, cols, origin = self.rows(split, _COLUMNS)
         out = []
         for i, row in enumerate(rows):
             mr, ref = str(row[cols["mr"]] or "").strip(), str(row[cols["ref"]] or "").strip()

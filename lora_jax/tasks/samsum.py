@@ -14,10 +14,7 @@ from lora_jax.metrics.rouge import ROUGE_FLAGS, rouge_scores
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
-    check_split,
-    load_rows,
-    require_columns,
-    resolve_files,
+    RowSource,
 )
 
 _COLUMNS = {"dialogue": ("dialogue",), "summary": ("summary",)}
@@ -29,31 +26,18 @@ def join_utterances(dialogue: str) -> str:
 
 
 @dataclass
-class SAMSumTask:
+class SAMSumTask(RowSource):
     dataset: str | None = "Samsung/samsum"
-    data_dir: str | None = None
-    data_files: dict[str, Any] | None = None
     train_file: str = "train.jsonl"
     eval_file: str = "test.jsonl"
     train_split: str = "train"
     eval_split: str = "test"
-    revision: str | None = None
     name: str = "samsum"
     main_metric: str = "rougeL"
     instruction: str = "Summarize this dialogue."
 
     def load(self, split: str) -> list[Example]:
-        check_split(split)
-        files = resolve_files(
-            split,
-            self.data_files,
-            self.data_dir,
-            {"train": self.train_file, "eval": self.eval_file},
-        )
-        hub_split = self.train_split if split == "train" else self.eval_split
-        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
-        rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
-        require_columns(rows, _COLUMNS, origin)
+        rows, cols, origin = self.rows(split, _COLUMNS)
         out = []
         for i, row in enumerate(rows):
             dialogue = join_utterances(str(row["dialogue"] or ""))

@@ -16,10 +16,7 @@ from lora_jax.metrics.wikisql import query_from_hub, query_to_text, wikisql_scor
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
-    check_split,
-    load_rows,
-    require_columns,
-    resolve_files,
+    RowSource,
 )
 
 _COLUMNS = {"question": ("question",), "table": ("table",), "sql": ("sql",)}
@@ -31,15 +28,12 @@ def wikisql_source(question: str, header: list[str]) -> str:
 
 
 @dataclass
-class WikiSQLTask:
+class WikiSQLTask(RowSource):
     dataset: str | None = "Salesforce/wikisql"
-    data_dir: str | None = None
-    data_files: dict[str, Any] | None = None
     train_file: str = "train.jsonl"
     eval_file: str = "validation.jsonl"
     train_split: str = "train"
     eval_split: str = "validation"
-    revision: str | None = None
     name: str = "wikisql"
     main_metric: str = "lf_acc"
     instruction: str = (
@@ -47,17 +41,7 @@ class WikiSQLTask:
     )
 
     def load(self, split: str) -> list[Example]:
-        check_split(split)
-        files = resolve_files(
-            split,
-            self.data_files,
-            self.data_dir,
-            {"train": self.train_file, "eval": self.eval_file},
-        )
-        hub_split = self.train_split if split == "train" else self.eval_split
-        origin = files[0] if files else f"{self.dataset}[{hub_split}]"
-        rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
-        require_columns(rows, _COLUMNS, origin)
+        rows, cols, origin = self.rows(split, _COLUMNS)
         out = []
         for i, row in enumerate(rows):
             table, header = row["table"], list(row["table"].get("header") or [])
