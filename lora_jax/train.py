@@ -190,10 +190,7 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
             ckpt.save(done, lora, opt_state)
             last_good = done
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
-            ev = evaluate_now(lora, f"eval_step{done}")
-            tracker.log(
-                {f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))}, step=done
-            )
+            _log_eval(tracker, evaluate_now(lora, f"eval_step{done}"), done)
     progress(None, "")
     done = step + 1 if end > start else start
     ckpt.save(done, lora, opt_state)
@@ -208,16 +205,15 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
 
     # 6. Evaluate the trained adapter.
     results["metrics"]["eval"] = evaluate_now(lora, "eval")
-    tracker.log(
-        {
-            f"eval/{k}": v
-            for k, v in results["metrics"]["eval"].items()
-            if isinstance(v, (int, float))
-        },
-        step=done,
-    )
+    _log_eval(tracker, results["metrics"]["eval"], done)
     results["memory"] = _memory()
     _print_metrics(results["metrics"])
+
+
+def _log_eval(tracker: Tracker, metrics: dict, step: int) -> None:
+    tracker.log(
+        {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step
+    )
 
 
 def _all_finite(tree: Any) -> bool:
