@@ -110,3 +110,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     k = k.astype(q.dtype)
     v = v.astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def prepare_call(
+    input_ids: jax.Array, attention_mask: Any, positions: Any, cache: Any, cfg: Any
+) -> tuple[jax.Array, jax.Array, Any, Any]:
+    """The start of every model call: default all-ones mask, cache check, then
+    ``(positions [B, T], attention mask, cache, write index or None)``."""
+    b, t = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    if cache is not None:
+        check_cache(cache, cfg.num_layers, b, t)
+    positions, mask, cache = prepare(attention_mask, positions, cache, cfg.sliding_window)
+    return positions, mask, cache, None if cache is None else cache["index"]
+
+
+def finish_call(logits: jax.Array, cache: Any, new_layers: list, index: Any, t: int):
+    """The end of every model call: ``(logits fp32, updated cache or None)``."""
+    if cache is None:
+        return logits.astype(jnp.float32), None
+    return logits.astype(jnp.float32), {
+        "layers": tuple(new_layers),
+        "mask": cache["mask"],
+        "index": index + t,
+    }

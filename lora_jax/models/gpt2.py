@@ -121,13 +121,9 @@ class GPT2LMHeadModel(_Common):
         deterministic: bool = True,
     ) -> tuple[jax.Array, att.Cache | None]:
         cfg = self.cfg
-        b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
-        if cache is not None:
-            att.check_cache(cache, cfg.num_layers, b, t)
-        positions, mask, cache = att.prepare(attention_mask, positions, cache, cfg.sliding_window)
-        index = None if cache is None else cache["index"]
+        positions, mask, cache, index = att.prepare_call(
+            input_ids, attention_mask, positions, cache, cfg
+        )
         embed = dict(dtype=self.dtype, param_dtype=self.param_dtype,
                      embedding_init=nn.initializers.normal(0.02))  # fmt: skip
         wte = nn.Embed(cfg.vocab_size, cfg.hidden_size, **embed, name="wte")
@@ -142,7 +138,4 @@ class GPT2LMHeadModel(_Common):
             new_layers.append(lc)
         x = self.layer_norm("ln_f")(x).astype(self.dtype)
         logits = jnp.dot(x, wte.embedding.T.astype(self.dtype), preferred_element_type=jnp.float32)
-        if cache is None:
-            return logits.astype(jnp.float32), None
-        new_cache = {"layers": tuple(new_layers), "mask": cache["mask"], "index": index + t}
-        return logits.astype(jnp.float32), new_cache
+        return att.finish_call(logits, cache, new_layers, index, input_ids.shape[1])

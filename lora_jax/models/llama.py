@@ -191,13 +191,9 @@ class LlamaForCausalLM(_Common):
         deterministic: bool = True,
     ) -> tuple[jax.Array, att.Cache | None]:
         cfg = self.cfg
-        b, t = input_ids.shape
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
-        if cache is not None:
-            att.check_cache(cache, cfg.num_layers, b, t)
-        positions, mask, cache = att.prepare(attention_mask, positions, cache, cfg.sliding_window)
-        index = None if cache is None else cache["index"]
+        positions, mask, cache, index = att.prepare_call(
+            input_ids, attention_mask, positions, cache, cfg
+        )
         embed = nn.Embed(
             cfg.vocab_size,
             cfg.hidden_size,
@@ -221,7 +217,4 @@ class LlamaForCausalLM(_Common):
             )
         else:
             logits = LMHead(cfg.vocab_size, self.dtype, self.param_dtype, name="lm_head")(x)
-        if cache is None:
-            return logits.astype(jnp.float32), None
-        new_cache = {"layers": tuple(new_layers), "mask": cache["mask"], "index": index + t}
-        return logits.astype(jnp.float32), new_cache
+        return att.finish_call(logits, cache, new_layers, index, input_ids.shape[1])
