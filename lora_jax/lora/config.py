@@ -1,8 +1,9 @@
 """LoraConfig: what to adapt, at which rank and scale. Field names follow the issue tracker's
 vocabulary, with HF PEFT's equivalents noted (``r``, ``lora_alpha`` → ``alpha``,
-``target_modules`` → ``targets``, ``layers_to_transform`` → ``layers``, ``lora_dropout`` →
-``dropout``, ``init_lora_weights`` → ``init``, ``use_rslora`` → ``scaling="rslora"``,
-``rank_pattern``, ``alpha_pattern``)."""
+``target_modules`` → ``targets``, ``exclude_modules``, ``layers_to_transform`` → ``layers``,
+``lora_dropout`` → ``dropout``, ``init_lora_weights`` → ``init``, ``use_rslora`` →
+``scaling="rslora"``, ``rank_pattern``, ``alpha_pattern``). Values mean what they mean in PEFT;
+see :mod:`lora_jax.lora.targeting` for the matching rules."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 INITS = ("gaussian", "kaiming")
+# Presets and short names: one source of truth, read by targeting. "attn" = Wq,Wk,Wv,Wo (the
+# paper's Table 5/6 widest row); "mlp" = the feed-forward projections (GPT-2 has no gate).
+SHORT_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
+PRESETS: dict[str, tuple[str, ...]] = {
+    **{n: (n,) for n in SHORT_NAMES},
+    "qv": ("q", "v"),
+    "qk": ("q", "k"),
+    "attn": ("q", "k", "v", "o"),
+    "mlp": ("gate", "up", "down"),
+    "all": SHORT_NAMES,
+}
+# PEFT LoraConfig field -> ours, for the error a PEFT-style key gets.
+PEFT_NAMES = {
+    "lora_alpha": "alpha",
+    "target_modules": "targets",
+    "layers_to_transform": "layers",
+    "lora_dropout": "dropout",
+    "init_lora_weights": "init",
+    "use_rslora": "scaling",
+}
 SCALINGS = ("standard", "rslora")
 
 
@@ -20,12 +41,23 @@ SCALINGS = ("standard", "rslora")
 class LoraConfig:
     """LoRA hyperparameters.
 
-    r: rank (> 0). alpha: scale numerator; None means alpha = r (scale 1), as the paper
-    recommends (Hu et al. 2021, §4.1: "we simply set α to the first r we try").
-    targets: a preset ("q", "k", "v", "o", "qv", "qk", "attn", "mlp", "all"), a list of short
-    names (q, k, v, o, gate, up, down), or regexes over module paths such as ``h.0.attn.c_attn``
-    (fullmatch on the module path, or on the path + "." + block name for fused blocks).
-    layers: optional subset of layer indices. dropout: on the LoRA input path only.
+    r: rank (> 0). alpha: scale numerator, a constant that does not follow r. Default 8, PEFT's
+    ``LoraConfig.lora_alpha`` default; the paper also keeps α fixed as r varies (Hu et al.
+    2021, §4.1: "we simply set α to the first r we try and do not tune it"). Set alpha = r
+    explicitly for scale 1.
+    targets: a preset or short name ("q", "k", "v", "o", "gate", "up", "down", "qv", "qk",
+    "attn", "mlp", "all"); a list of short names and/or PEFT ``target_modules`` names, which
+    match a module id exactly or as a suffix after a "." (``q_proj``, ``c_attn``,
+    ``mlp.c_fc``); or one string that is not a preset: a regex that must fullmatch the module
+    id (``h.0.attn.c_attn``, ``layers.3.self_attn.q_proj``: no ``transformer.``/``model.``
+    prefix), PEFT's rule for a str ``target_modules``. GPT-2's fused ``c_attn`` named as a
+    module selects all three of its blocks (q, k, v); select one block with its short name
+    or as ``c_attn.q``.
+    exclude_modules: PEFT's: a list (short names, or exact-or-suffix names) or a regex string;
+    what matches is not adapted.
+    layers: PEFT's ``layers_to_transform``: an int or a list of layer indices (None = all);
+    like PEFT, not allowed with a regex-string ``targets`` (put the layer in the regex).
+    dropout: on the LoRA input path only.
     init: "gaussian" (A ~ N(0, 1/r²), PEFT's init_lora_weights="gaussian") or "kaiming"
     (PEFT's default: kaiming_uniform(a=√5) = U(±1/√in)); B = 0 always, so ΔW = 0 at step 0.
     scaling: "standard" (α/r, the paper) or "rslora" (α/√r, Kalajdzievski 2023).
@@ -34,9 +66,10 @@ class LoraConfig:
     """
 
     r: int = 8
-    alpha: float | None = None
+    alpha: float = 8.0  # PEFT LoraConfig.lora_alpha default; constant in r as in [P §4.1]
     targets: str | Sequence[str] = "qv"
-    layers: Sequence[int] | None = None
+    exclude_modules: str | Sequence[str] | None = None
+    layers: int | Sequence[int] | None = None
     dropout: float = 0.0
     init: str = "gaussian"
     scaling: str = "standard"
@@ -46,10 +79,13 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         _check_rank("lora.r", self.r)
-        if self.alpha is not None and not (_is_number(self.alpha) and self.alpha > 0):
+        if self.alpha is None:
             raise ValueError(
-                f"lora.alpha must be a number > 0 (or null for alpha = r); got {self.alpha!r}"
+                "lora.alpha is null; it no longer means alpha = r (that ties the scale to the "
+                "rank). Give a number: 8 (the default, PEFT's), or lora.alpha=<r> for scale 1"
             )
+        if not (_is_number(self.alpha) and self.alpha > 0):
+            raise ValueError(f"lora.alpha must be a number > 0; got {self.alpha!r}")
         if self.init not in INITS:
             raise ValueError(
                 f"lora.init={self.init!r} is unknown; allowed values: {', '.join(INITS)}"
@@ -67,6 +103,19 @@ class LoraConfig:
                 )
         elif not self.targets:
             raise ValueError("lora.targets is an empty list; name at least one module")
+        if isinstance(self.targets, str) and not _is_name(self.targets):
+            _check_regex("lora.targets", self.targets)
+            if self.layers is not None:
+                raise ValueError(
+                    f"lora.layers cannot be combined with the regex lora.targets={self.targets!r} "
+                    "(as in PEFT); put the layer indices in the regex, e.g. "
+                    r"'h\.(0|1)\.attn\.c_attn', or pass targets as a list"
+                )
+        if isinstance(self.exclude_modules, str):
+            if not self.exclude_modules:
+                raise ValueError("lora.exclude_modules is an empty string; use null for none")
+            if not _is_name(self.exclude_modules):
+                _check_regex("lora.exclude_modules", self.exclude_modules)
         for key, value in self.rank_pattern.items():
             _check_regex("lora.rank_pattern", key)
             _check_rank(f"lora.rank_pattern[{key!r}]", value)
@@ -75,7 +124,7 @@ class LoraConfig:
             if not (_is_number(value) and value > 0):
                 raise ValueError(f"lora.alpha_pattern[{key!r}] must be a number > 0; got {value!r}")
         if self.layers is not None:
-            for i in self.layers:
+            for i in self.layer_list:
                 if not isinstance(i, int) or isinstance(i, bool):
                     raise ValueError(f"lora.layers must hold integer layer indices; got {i!r}")
 
@@ -83,8 +132,17 @@ class LoraConfig:
     def target_list(self) -> tuple[str, ...]:
         return (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
 
+    @property
+    def layer_list(self) -> tuple[int, ...] | None:
+        """``layers`` as a tuple (an int means that one layer, as PEFT's layers_to_transform)."""
+        if self.layers is None:
+            return None
+        return (self.layers,) if isinstance(self.layers, int) else tuple(self.layers)
+
     def alpha_for(self, r: int, alpha: float | None = None) -> float:
-        return float(alpha if alpha is not None else (self.alpha if self.alpha is not None else r))
+        """The α of a module of rank ``r``: its alpha_pattern value if any, else ``alpha``
+        (never derived from r)."""
+        return float(alpha if alpha is not None else self.alpha)
 
     def scale(self, r: int, alpha: float) -> float:
         return alpha / math.sqrt(r) if self.scaling == "rslora" else alpha / r
@@ -94,17 +152,27 @@ class LoraConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown lora config keys {unknown}; allowed: {sorted(names)}")
+            hints = [f"{k!r} is called {PEFT_NAMES[k]!r} here" for k in unknown if k in PEFT_NAMES]
+            raise ValueError(
+                f"unknown lora config keys {unknown}; allowed: {sorted(names)}"
+                + (f" ({'; '.join(hints)})" if hints else "")
+            )
         d = dict(d)
         for key in ("rank_pattern", "alpha_pattern"):
             if d.get(key) is None:
                 d[key] = {}
             d[key] = dict(d[key])
-        if d.get("layers") is not None:
+        if d.get("layers") is not None and not isinstance(d["layers"], int):
             d["layers"] = tuple(d["layers"])
-        if d.get("targets") is not None and not isinstance(d["targets"], str):
-            d["targets"] = tuple(d["targets"])
+        for key in ("targets", "exclude_modules"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                d[key] = tuple(d[key])
         return cls(**d)
+
+
+def _is_name(item: str) -> bool:
+    """A preset or short name (everything else in a string ``targets`` is a regex)."""
+    return item in PRESETS
 
 
 def _is_number(x: Any) -> bool:

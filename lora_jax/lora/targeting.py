@@ -4,6 +4,21 @@ Resolution happens once, up front, on plain data: the frozen params tree and the
 module map (``{"attn.c_attn": ("q", "k", "v"), ...}``: module path after the layer scope →
 the names of its equal column blocks; defined once per architecture in lora_jax/models).
 Errors list what exists.
+
+Matching rules (those of HF PEFT's ``check_target_module_exists``, over our module ids, which are
+PEFT's module names without the ``transformer.``/``model.`` prefix: ``h.0.attn.c_attn``,
+``layers.0.self_attn.q_proj``):
+
+- a preset or short name (``qv``, ``attn``, ``q``, ``gate`` ...) selects blocks by name, in any
+  architecture (``q`` is GPT-2's first third of ``c_attn`` and Llama's ``q_proj``);
+- a list item that is not one matches a module id exactly or as a suffix after a ``.``
+  (``q_proj``, ``c_attn``, ``mlp.c_fc``); for a fused module it may name one block
+  (``c_attn.v``). GPT-2's ``c_attn`` named as a module selects the whole fused kernel (q, k, v),
+  as PEFT adapts the whole Conv1D;
+- one string that is not a preset is a regex that must fullmatch the module id (or the block
+  id ``<module id>.<block>``), PEFT's ``re.fullmatch(target_modules, key)``;
+- ``exclude_modules``: the same rules (list: names/suffixes; string: regex), applied after;
+- ``layers`` (PEFT's ``layers_to_transform``): keep only blocks of these layer indices.
 """
 
 from __future__ import annotations
@@ -13,22 +28,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from lora_jax.lora.config import LoraConfig
-
-# One source of truth for presets. "attn" = Wq,Wk,Wv,Wo (paper Table 6's widest row);
-# "mlp" = the feed-forward projections (GPT-2 has no gate, so there it is up, down).
-PRESETS: dict[str, tuple[str, ...]] = {
-    "q": ("q",),
-    "k": ("k",),
-    "v": ("v",),
-    "o": ("o",),
-    "qv": ("q", "v"),
-    "qk": ("q", "k"),
-    "attn": ("q", "k", "v", "o"),
-    "mlp": ("gate", "up", "down"),
-    "all": ("q", "k", "v", "o", "gate", "up", "down"),
-}
-SHORT_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
+from lora_jax.lora.config import PRESETS, SHORT_NAMES, LoraConfig
 
 _LAYER_SCOPE = re.compile(r"^(?P<base>.+)_(?P<idx>\d+)$")
 
@@ -121,6 +121,44 @@ def _pattern_value(patterns: Mapping[str, Any], cand: Candidate) -> Any:
     return None
 
 
+def _is_suffix(name: str, key: str) -> bool:
+    """PEFT's list rule: ``key == name`` or ``key`` ends with ``"." + name``."""
+    return key == name or key.endswith("." + name)
+
+
+def _select(
+    spec: str | tuple[str, ...], cands: list[Candidate], field: str, help_text: str
+) -> set[tuple[tuple[str, ...], str]]:
+    """The (path, block) pairs ``spec`` (a targets / exclude_modules value) matches."""
+    if isinstance(spec, str) and spec not in PRESETS:
+        rx = re.compile(spec)  # validated by LoraConfig
+        hit = [c for c in cands if rx.fullmatch(c.module_id) or rx.fullmatch(c.id)]
+        if not hit:
+            raise ValueError(
+                f"{field}={spec!r} is a regex (a single string that is not a preset) and "
+                f"fullmatches no module id; for PEFT-style suffix names pass a list, e.g. "
+                f"[{spec}]. {help_text}"
+            )
+        return {(c.path, c.name) for c in hit}
+    available = {c.name for c in cands}
+    out: set[tuple[tuple[str, ...], str]] = set()
+    for item in (spec,) if isinstance(spec, str) else spec:
+        if item in PRESETS:
+            if item in SHORT_NAMES and item not in available:
+                raise ValueError(f"{field} names {item!r}, which this model lacks; {help_text}")
+            hit = [c for c in cands if c.name in PRESETS[item]]
+        else:
+            hit = [c for c in cands if _is_suffix(item, c.module_id) or _is_suffix(item, c.id)]
+        if not hit:
+            raise ValueError(
+                f"{field} item {item!r} matches no module: list items are short names, presets "
+                f"or module names matched exactly or by '.'-suffix as in PEFT (a regex must be "
+                f"the whole value, a single string); {help_text}"
+            )
+        out.update((c.path, c.name) for c in hit)
+    return out
+
+
 def resolve(
     cfg: LoraConfig, params: Mapping[str, Any], lora_modules: Mapping[str, tuple[str, ...]]
 ) -> list[Target]:
@@ -135,45 +173,26 @@ def resolve(
     layer0 = sorted({c.module_id for c in cands if c.layer == cands[0].layer})
     help_text = (
         f"targetable short names in this model: {', '.join(available)}; presets: "
-        f"{', '.join(PRESETS)}; or regexes over module paths such as {', '.join(layer0)}"
+        f"{', '.join(p for p in PRESETS if p not in SHORT_NAMES)}; module ids such as "
+        f"{', '.join(layer0)}"
     )
-    selected: set[tuple[tuple[str, ...], str]] = set()
-    for item in cfg.target_list:
-        if item in PRESETS or item in SHORT_NAMES:
-            names = PRESETS.get(item, (item,))
-            hit = [c for c in cands if c.name in names]
-            if not hit:
-                raise ValueError(
-                    f"lora.targets {item!r} matches nothing in this model; {help_text}"
-                )
-            if item in SHORT_NAMES and item not in available:
-                raise ValueError(
-                    f"lora.targets names {item!r}, which this model lacks; {help_text}"
-                )
-        else:
-            try:
-                rx = re.compile(item)
-            except re.error as e:
-                raise ValueError(
-                    f"lora.targets item {item!r} is neither a known name nor a valid regex ({e}); {help_text}"
-                ) from None
-            hit = [c for c in cands if rx.fullmatch(c.module_id) or rx.fullmatch(c.id)]
-            if not hit:
-                raise ValueError(
-                    f"lora.targets item {item!r} is not a known name and as a regex matches no "
-                    f"module; {help_text}"
-                )
-        selected.update((c.path, c.name) for c in hit)
+    targets = cfg.targets if isinstance(cfg.targets, str) else tuple(cfg.targets)
+    selected = _select(targets, cands, "lora.targets", help_text)
+    if cfg.exclude_modules is not None:
+        excl = cfg.exclude_modules
+        excl = excl if isinstance(excl, str) else tuple(excl)
+        selected -= _select(excl, cands, "lora.exclude_modules", help_text)
 
     n_layers = max(c.layer for c in cands) + 1
-    if cfg.layers is not None:
-        bad = [i for i in cfg.layers if not 0 <= i < n_layers]
+    layer_list = cfg.layer_list
+    if layer_list is not None:
+        bad = [i for i in layer_list if not 0 <= i < n_layers]
         if bad:
             raise ValueError(
                 f"lora.layers holds {bad}, out of range: this model has {n_layers} layers "
                 f"(valid indices 0..{n_layers - 1})"
             )
-    layers = set(cfg.layers) if cfg.layers is not None else None
+    layers = set(layer_list) if layer_list is not None else None
 
     out: list[Target] = []
     for c in cands:
@@ -189,6 +208,7 @@ def resolve(
         out.append(Target(**dataclasses.asdict(c), r=r, alpha=alpha, scale=cfg.scale(r, alpha)))
     if not out:
         raise ValueError(
-            f"lora.targets {list(cfg.target_list)} with lora.layers={cfg.layers} selects nothing"
+            f"lora.targets {cfg.targets!r} with lora.exclude_modules={cfg.exclude_modules!r} "
+            f"and lora.layers={cfg.layers!r} selects nothing"
         )
     return out

@@ -28,8 +28,28 @@ def test_name_missing_from_this_model(params):
 
 
 def test_regex_matching_nothing(params):
-    with pytest.raises(ValueError, match=r"matches no module.*h\.0\.attn\.c_attn"):
-        _init(params, targets=[r"transformer\..*"])
+    with pytest.raises(ValueError, match=r"fullmatches no module id.*h\.0\.attn\.c_attn"):
+        _init(params, targets=r"transformer\..*")
+    # PEFT: a single string is a regex, so a bare module name must be a list to suffix-match.
+    with pytest.raises(ValueError, match=r"pass a list, e\.g\. \[c_attn\]"):
+        _init(params, targets="c_attn")
+
+
+def test_list_item_matching_nothing_says_lists_are_suffix_names(params):
+    with pytest.raises(ValueError, match=r"'.\*c_attn' matches no module.*suffix as in PEFT"):
+        _init(params, targets=[".*c_attn"])
+    with pytest.raises(ValueError, match=r"exclude_modules item 'q_proj' matches no module"):
+        _init(params, targets="qv", exclude_modules=["q_proj"])
+
+
+def test_layers_with_a_regex_string_is_refused_as_in_peft():
+    with pytest.raises(ValueError, match=r"lora.layers cannot be combined with the regex"):
+        L.LoraConfig(targets=r".*c_attn", layers=[0])
+
+
+def test_peft_key_names_get_our_name():
+    with pytest.raises(ValueError, match=r"'layers_to_transform' is called 'layers' here"):
+        L.LoraConfig.from_dict({"layers_to_transform": [0]})
 
 
 @pytest.mark.parametrize(
@@ -44,6 +64,8 @@ def test_regex_matching_nothing(params):
         ({"scaling": "sqrt"}, r"lora.scaling='sqrt' is unknown; allowed values: standard, rslora"),
         ({"dropout": 1.5}, r"lora.dropout must be in \[0, 1\)"),
         ({"targets": []}, r"lora.targets is an empty list"),
+        ({"targets": "c_attn("}, r"lora.targets key 'c_attn\(' is not a valid regex"),
+        ({"layers": [0, "1"]}, r"lora.layers must hold integer layer indices"),
         ({"rank_pattern": {"q": 0}}, r"rank_pattern\['q'\] must be an integer > 0"),
     ],
 )

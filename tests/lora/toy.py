@@ -97,3 +97,14 @@ def make(vocab=64, d=32, layers=2, heads=4, seed=0, param_dtype=jnp.float32, lor
     ids = jnp.zeros((1, 8), jnp.int32)
     params = model.init(jax.random.PRNGKey(seed), ids)["params"]
     return model, params
+
+
+def assert_close(actual, desired, rel: float) -> None:
+    """``|actual - desired| <= rel · max|desired|`` elementwise: a tolerance scaled to the
+    magnitude of what is compared (fp32 rounding grows with the values, not with 1)."""
+    import numpy as np
+
+    actual, desired = np.asarray(actual, np.float64), np.asarray(desired, np.float64)
+    scale = float(np.abs(desired).max()) or 1.0
+    err = float(np.abs(actual - desired).max())
+    assert err <= rel * scale, f"max |diff| {err:.3g} > {rel:g} x max|desired| {scale:.3g}"
