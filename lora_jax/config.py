@@ -51,9 +51,10 @@ class TaskCfg:
 class LoraCfg:
     preset: str = "custom"  # the name of the lora/ group file, for run names and reports
     r: int = 8
-    alpha: float | None = None  # null: alpha = r
-    targets: Any = "qv"  # preset, list of short names, or regexes
-    layers: list[int] | None = None
+    alpha: float = 8.0  # constant in r: PEFT's lora_alpha default; [P §4.1] fixes alpha
+    targets: Any = "qv"  # preset/short name, list (names, PEFT suffixes), or one regex string
+    exclude_modules: Any = None  # PEFT's: list of names/suffixes or one regex string
+    layers: Any = None  # PEFT's layers_to_transform: int or list of layer indices
     dropout: float = 0.0
     init: str = "gaussian"
     scaling: str = "standard"

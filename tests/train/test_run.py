@@ -43,10 +43,10 @@ def test_results_json_has_every_field(trained):
     # The config is the resolved one: no interpolations left, and the run name resolved alpha.
     assert "${" not in json.dumps(res["config"])
     assert res["config"]["lora"]["r"] == 4 and res["config"]["optim"]["lr"] == 3e-2
-    assert res["config"]["name"] == "local-e2e-all-r4-a4-s0"
+    assert res["config"]["name"] == "local-e2e-all-r4-a8-s0"
     axes = res["sweep"]
     assert {k: axes[k] for k in ("model", "task", "targets", "r", "alpha", "seed")} == {
-        "model": "local", "task": "e2e", "targets": "all", "r": 4, "alpha": 4.0, "seed": 0,
+        "model": "local", "task": "e2e", "targets": "all", "r": 4, "alpha": 8.0, "seed": 0,
     }  # fmt: skip
     # Closed-form count: lora=all on 2 layers of d=32 (GPT-2: q,k,v,o [32x32], fc [32x128],
     # proj [128x32]); LoRA r·(in+out) per block.
