@@ -1,6 +1,7 @@
 """Score system outputs from files; prints JSON.
 
   python -m lora_jax.metrics e2e --hyp out.txt --refs testset_w_refs.csv [--no-coco]
+                                [--nist-mode pymteval|mteval]
   python -m lora_jax.metrics wikisql --hyp out.txt --data validation.jsonl
   python -m lora_jax.metrics samsum --hyp out.txt --data test.jsonl
 
@@ -20,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from lora_jax.metrics.mteval import NIST_MODES
 from lora_jax.tasks import get_task
 
 
@@ -35,11 +37,14 @@ def read_hyps(path: str) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def score_files(task_name: str, hyp_path: str, data_path: str, coco: bool = True) -> dict:
+def score_files(
+    task_name: str, hyp_path: str, data_path: str, coco: bool = True, nist_mode: str = "pymteval"
+) -> dict:
     """Score a hypothesis file against a reference/data file for one task."""
     cfg: dict = {"dataset": None, "data_files": {"eval": data_path}}
     if task_name == "e2e":
         cfg["coco_metrics"] = coco
+        cfg["nist_mode"] = nist_mode
     task = get_task(task_name, **cfg)
     items = task.eval_groups(task.load("eval"))
     hyps = read_hyps(hyp_path)
@@ -63,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     e2e.add_argument("--hyp", required=True, help="one line per distinct MR")
     e2e.add_argument("--refs", required=True, help="CSV with columns mr, ref")
     e2e.add_argument("--no-coco", action="store_true", help="skip the Java metrics")
+    e2e.add_argument(
+        "--nist-mode",
+        choices=NIST_MODES,
+        default="pymteval",
+        help="pymteval: the official scorer's -p (default); mteval: its Perl default",
+    )
     for name, helptext in (
         ("wikisql", "logical-form and execution accuracy"),
         ("samsum", "ROUGE-1/2/L F1"),
@@ -73,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = args.refs if args.task == "e2e" else args.data
     try:
-        scores = score_files(args.task, args.hyp, data, coco=not getattr(args, "no_coco", False))
+        scores = score_files(
+            args.task,
+            args.hyp,
+            data,
+            coco=not getattr(args, "no_coco", False),
+            nist_mode=getattr(args, "nist_mode", "pymteval"),
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,10 +15,15 @@ E2E_KEYS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 
 
 def e2e_scores(
-    hyps: Sequence[str], refs: Sequence[Sequence[str]], coco: bool = True
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    coco: bool = True,
+    nist_mode: str = "pymteval",
 ) -> dict[str, float | None | str]:
     """All five E2E metrics. hyps: [N]; refs: [N][n_refs_i] (N distinct MRs).
 
+    nist_mode: "pymteval" (the scorer's ``-p``, the LoRA repo's setting) or "mteval" (the
+    scorer's default Perl mteval-v13a); see :mod:`lora_jax.metrics.mteval`.
     coco=False skips the Java metrics (meteor, rouge_l, cider are then None with a reason),
     e.g. for a quick validation pass during training.
     """
@@ -29,7 +34,7 @@ def e2e_scores(
         )
     out: dict[str, float | None | str] = {
         "bleu": corpus_bleu(hyps, refs),
-        "nist": corpus_nist(hyps, refs),
+        "nist": corpus_nist(hyps, refs, mode=nist_mode),
     }
     if coco:
         out.update(coco_scores(hyps, refs))

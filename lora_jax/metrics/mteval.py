@@ -12,9 +12,16 @@ Definitions follow NIST's `mteval-v13a.pl` as re-implemented in the official E2E
   references of the corpus (the 0-gram count is the total number of reference words);
   score = sum_n (sum of info over clipped matches / number of hypothesis n-grams) * BP,
   BP = exp(-beta * log(min(1, c / r_avg))^2) with beta = -ln(0.5) / ln(1.5)^2 (the penalty
-  is 0.5 at 2/3 of the reference length), r_avg = sum over segments of the mean reference
-  length (equal to mteval's total-reference-words / number-of-reference-sets whenever each
-  segment has the same number of references; pymteval's generalisation to variable counts).
+  is 0.5 at 2/3 of the reference length). The reference length r has two definitions, both
+  of the official scorer (``nist_mode``):
+  - "pymteval" (default; the scorer's ``-p``, what the LoRA repo runs): r = sum over segments
+    of that segment's mean reference length;
+  - "mteval" (the scorer's default, Perl ``mteval-v13a-sig.pl``): the scorer writes reference
+    set k with an empty segment where an MR has fewer than k references, and mteval's
+    ``nist_score`` divides the total reference words by the mean number of non-empty
+    references per segment: r = total reference words / (total references / N). The two agree
+    when every segment has the same number of references.
+  BLEU is the same in both modes: mteval's closest-length rule skips the empty references.
 
 Two edge cases where pymteval and mteval-v13a disagree follow mteval-v13a here: a hypothesis
 shorter than n contributes 0 (not a negative count) n-grams, and a zero-match order is
@@ -29,6 +36,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
+NIST_MODES = ("pymteval", "mteval")
 
 _PUNCT = re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])")
 _PERIOD_COMMA_AFTER_NONDIGIT = re.compile(r"([^0-9])([\.,])")
@@ -114,14 +122,24 @@ def nist_length_penalty(hyp_len: float, ref_len: float) -> float:
     return math.exp(-NIST_BETA * math.log(ratio) ** 2)
 
 
-def corpus_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 5) -> float:
-    """Corpus NIST (information-weighted n-gram precision, n <= 5). hyps: [N]; refs: [N][n_i]."""
+def corpus_nist(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    max_n: int = 5,
+    mode: str = "pymteval",
+) -> float:
+    """Corpus NIST (information-weighted n-gram precision, n <= 5). hyps: [N]; refs: [N][n_i].
+
+    mode: "pymteval" (the E2E scorer's ``-p``) or "mteval" (its default Perl mode); they differ
+    only in the reference length of the brevity penalty (module docstring)."""
+    if mode not in NIST_MODES:
+        raise ValueError(f"unknown NIST mode {mode!r}; use one of {', '.join(NIST_MODES)}")
     _check(hyps, refs)
     ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]  # index 0: 0-gram
     hits: list[list[Counter]] = [[] for _ in range(max_n + 1)]
     totals = [0] * (max_n + 1)
     avg_ref_len = 0.0
-    hyp_len = 0
+    hyp_len = n_refs = 0
     for hyp, group in zip(hyps, refs):
         h = tokenize_13a(hyp)
         rs = [tokenize_13a(r) for r in group]
@@ -135,6 +153,7 @@ def corpus_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int =
         lens = [len(r) for r in rs]
         ref_counts[0][()] += sum(lens)
         avg_ref_len += sum(lens) / len(lens)
+        n_refs += sum(1 for n in lens if n > 0)  # mteval counts non-empty reference segments
         hyp_len += len(h)
 
     def info(g: tuple[str, ...]) -> float:
@@ -144,4 +163,6 @@ def corpus_nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int =
     for n in range(1, max_n + 1):
         gained = sum(info(g) * c for seg in hits[n] for g, c in seg.items())
         score += gained / max(totals[n], 1)
+    if mode == "mteval":
+        avg_ref_len = ref_counts[0][()] / (n_refs / len(hyps)) if n_refs else 0.0
     return score * nist_length_penalty(hyp_len, avg_ref_len)

@@ -30,6 +30,7 @@ class E2ETask(RowSource):
     train_split: str = "train"
     eval_split: str = "test"
     coco_metrics: bool = True  # METEOR/ROUGE-L/CIDEr need Java
+    nist_mode: str = "pymteval"  # the E2E scorer's -p (as the LoRA repo runs it) | "mteval"
     name: str = "e2e"
     main_metric: str = "bleu"
     instruction: str = (
@@ -53,7 +54,8 @@ class E2ETask(RowSource):
         return group_by_key(examples)
 
     def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]:
-        return e2e_scores(hyps, [list(it.references) for it in items], coco=self.coco_metrics)
+        refs = [list(it.references) for it in items]
+        return e2e_scores(hyps, refs, coco=self.coco_metrics, nist_mode=self.nist_mode)
 
     def prompt(self, source: str) -> str:
         return source

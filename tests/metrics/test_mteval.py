@@ -96,3 +96,17 @@ def test_nist_length_penalty_is_half_at_two_thirds():
 def test_count_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="2 hypotheses but 1 reference"):
         corpus_bleu(["a", "b"], [["a"]])
+
+
+def test_nist_modes_differ_only_in_the_reference_length():
+    # 3 references over 2 segments, 7 reference words, hypothesis length 3.
+    # pymteval (-p): r = mean(2, 2) + 3 = 5; mteval (Perl): r = 7 / (3 / 2) = 14/3.
+    hyps, refs = ["a b", "c"], [["a b", "a c"], ["c d e"]]
+    p = corpus_nist(hyps, refs, mode="pymteval")
+    m = corpus_nist(hyps, refs, mode="mteval")
+    assert m / p == pytest.approx(nist_length_penalty(3, 14 / 3) / nist_length_penalty(3, 5))
+    # equal reference counts per segment: the two definitions coincide
+    refs2 = [["a b", "a c"], ["c d e", "c"]]
+    assert corpus_nist(hyps, refs2, mode="mteval") == corpus_nist(hyps, refs2)
+    with pytest.raises(ValueError, match="unknown NIST mode 'perl'; use one of pymteval, mteval"):
+        corpus_nist(hyps, refs, mode="perl")
