@@ -40,6 +40,7 @@ class TaskCfg:
     eval_split: str | None = None
     sample: bool = False  # write and use the embedded synthetic E2E-format sample
     format: str = "plain"  # plain (source→target, the paper's) | chat (the model's chat template)
+    add_bos: bool | None = None  # plain format: null = BOS iff the tokenizer adds one; true/false
     max_len: int = 512
     max_train_examples: int | None = None
     max_eval_items: int | None = None  # decode only the first N distinct sources

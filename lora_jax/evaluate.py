@@ -21,9 +21,11 @@ def decode_items(
     fmt: str,
     decode_cfg: Mapping[str, Any],
     max_len: int,
+    add_bos: bool | None = None,
 ) -> list[str]:
-    """Generated text per item (post-processed by the task)."""
-    prompts = [encode_prompt(tokenizer, it.source, fmt, task) for it in items]
+    """Generated text per item (post-processed by the task). add_bos: as in training
+    (:func:`lora_jax.tasks.formatting.encode_prompt`; None follows the tokenizer)."""
+    prompts = [encode_prompt(tokenizer, it.source, fmt, task, add_bos) for it in items]
     eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
     eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
     max_new = int(decode_cfg["max_new_tokens"])
@@ -38,9 +40,11 @@ def decode_items(
     return [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
 
 
-def evaluate(module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len):
+def evaluate(
+    module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos=None
+):
     """-> (metrics dict, hypotheses)."""
     hyps = decode_items(
-        module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len
+        module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos
     )
     return task.score(hyps, list(items)), hyps

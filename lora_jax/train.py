@@ -119,7 +119,10 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     train = task.load("train")
     if cfg.task.max_train_examples:
         train = train[: cfg.task.max_train_examples]
-    encoded = [encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task) for ex in train]
+    encoded = [
+        encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task, cfg.task.add_bos)
+        for ex in train
+    ]
     batches = TrainBatches(
         encoded, tcfg.batch_size, cfg.seed, default_buckets(cfg.task.max_len), tok.pad_id
     )
@@ -227,7 +230,7 @@ def _evaluator(cfg, lm, tok, task, items, run_dir):
         t = time.time()
         variables = {"params": lm.params, "lora": lora}
         metrics, hyps = evaluate(lm.module, variables, lm.config, tok, task, items, cfg.task.format,
-                                 cfg.task.decode, cfg.task.max_len)  # fmt: skip
+                                 cfg.task.decode, cfg.task.max_len, cfg.task.add_bos)  # fmt: skip
         (run_dir / f"predictions_{tag}.txt").write_text(
             "".join(h.replace("\n", " ") + "\n" for h in hyps)
         )

@@ -5,6 +5,12 @@ GGUF tokenizers are rebuilt the way transformers does it (``integrations/gguf/
 gguf_tokenizer_mapping.py``): byte-level BPE from ``tokenizer.ggml.tokens`` / ``merges``, control
 tokens (type 3) added as special tokens, user-defined tokens (type 4) as plain added tokens, and
 the pre-tokenizer split chosen by ``tokenizer.ggml.pre``.
+
+``add_bos``: whether the tokenizer puts BOS before a sequence (what transformers'
+``encode(text, add_special_tokens=True)`` does), read from the tokenizer's own metadata:
+``add_bos_token`` in tokenizer_config.json when present, else its tokenizer.json
+post-processor; GGUF ``tokenizer.ggml.add_bos_token``. Llama/TinyLlama/Llama 3 tokenizers add
+one; GPT-2's and SmolLM2's do not.
 """
 
 from __future__ import annotations
@@ -69,8 +75,10 @@ class Tokenizer:
         pad_id: int | None = None,
         chat_template: str | None = None,
         special_tokens: dict[str, str] | None = None,
+        add_bos: bool = False,
     ) -> None:
         self.backend = backend
+        self.add_bos = bool(add_bos) and bos_id is not None
         self.eos_id = int(eos_id)
         self.bos_id = None if bos_id is None else int(bos_id)
         self.pad_id = self.eos_id if pad_id is None else int(pad_id)
@@ -154,16 +162,24 @@ class Tokenizer:
                 f"{path}: cannot tell the end-of-sequence token: neither tokenizer_config.json "
                 "eos_token nor config.json eos_token_id is set; add one of them"
             )
-        for name, key in (("eos_token", eos), ("bos_token", pick("bos_token", "bos_token_id"))):
+        bos = pick("bos_token", "bos_token_id")
+        for name, key in (("eos_token", eos), ("bos_token", bos)):
             if name not in names and key is not None:
                 names[name] = backend.id_to_token(key)
+        if "add_bos_token" in cfg:  # transformers rebuilds the post-processor from this flag
+            add_bos = bool(cfg["add_bos_token"])
+        else:  # what the post-processor does to a sequence
+            add_bos = bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [
+                bos
+            ]
         return cls(
             backend,
             eos_id=eos,
-            bos_id=pick("bos_token", "bos_token_id"),
+            bos_id=bos,
             pad_id=pick("pad_token", "pad_token_id"),
             chat_template=_chat_template_of(path, cfg),
             special_tokens=names,
+            add_bos=add_bos,
         )
 
     @classmethod
@@ -257,6 +273,7 @@ class Tokenizer:
             pad_id=pad,
             chat_template=meta.get("tokenizer.chat_template"),
             special_tokens=names,
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token")),
         )
 
 

@@ -2,15 +2,22 @@
 
 "plain" (base LMs, the LoRA repo's E2E format, examples/NLG/src/format_converting_e2e.py +
 data_utils.py): ids = [BOS]? + tok(prompt(source)) + [EOS] + tok(" " + target) + [EOS];
-the loss covers the completion tok(" " + target) + [EOS].
+the loss covers the completion tok(" " + target) + [EOS]. [BOS] is there when the tokenizer
+adds one to a sequence (``tok.add_bos``, from its own metadata: Llama-family tokenizers do;
+GPT-2's does not, and the paper's GPT-2 format has none), unless ``add_bos`` overrides it
+(``task.add_bos``: null = follow the tokenizer). Training and decoding build the prefix with
+the same function, so both get the same BOS.
 
 "chat" (instruct models): the tokenizer's chat template renders a user message
 (instruction + "\\n\\n" + prompt(source)) and an assistant message (target); the prefix is
 the template with add_generation_prompt=True, and the loss covers everything after it (the
 answer and the template's end-of-turn), plus a final EOS if the template did not emit one.
 
+The chat format never adds one: chat templates write their own BOS text when the model wants
+it (transformers' apply_chat_template tokenizes without special tokens too).
+
 Tokenizer object used (lora_jax.models.tokenizer.Tokenizer): encode(text,
-add_special_tokens=False), eos_id, bos_id, apply_chat_template(messages,
+add_special_tokens=False), eos_id, bos_id, add_bos, apply_chat_template(messages,
 add_generation_prompt), has_chat_template.
 """
 
@@ -41,14 +48,29 @@ def _user_message(source: str, task: Any | None) -> str:
     return f"{instruction}\n\n{prompt}" if instruction else prompt
 
 
+def wants_bos(tok: Any, add_bos: bool | None = None) -> bool:
+    """Whether the plain format starts with BOS: ``add_bos`` if given, else the tokenizer's
+    own behaviour (``tok.add_bos``)."""
+    if add_bos is None:
+        add_bos = bool(getattr(tok, "add_bos", False))
+    if add_bos and tok.bos_id is None:
+        raise ValueError("task.add_bos=true but the tokenizer has no BOS token; set it to null")
+    return add_bos
+
+
 def encode_prompt(
-    tok: Any, source: str, fmt: str = "plain", task: Any | None = None, add_bos: bool = False
+    tok: Any,
+    source: str,
+    fmt: str = "plain",
+    task: Any | None = None,
+    add_bos: bool | None = None,
 ) -> list[int]:
-    """Prefix ids given at decode time; identical to the training prefix of the same source."""
+    """Prefix ids given at decode time; identical to the training prefix of the same source.
+    add_bos: None follows the tokenizer (module docstring); True/False override."""
     _check_fmt(tok, fmt)
     if fmt == "plain":
         prompt = task.prompt(source) if task is not None else source
-        bos = [tok.bos_id] if add_bos and tok.bos_id is not None else []
+        bos = [tok.bos_id] if wants_bos(tok, add_bos) else []
         return bos + tok.encode(prompt, add_special_tokens=False) + [tok.eos_id]
     messages = [{"role": "user", "content": _user_message(source, task)}]
     text = tok.apply_chat_template(messages, add_generation_prompt=True)
@@ -78,7 +100,7 @@ def encode_example(
     fmt: str = "plain",
     max_len: int = 512,
     task: Any | None = None,
-    add_bos: bool = False,
+    add_bos: bool | None = None,
 ) -> dict[str, list[int]]:
     """{input_ids: [T], loss_mask: [T]} with T <= max_len; loss_mask 1 on target tokens only.
 

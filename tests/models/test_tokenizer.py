@@ -122,6 +122,7 @@ def test_bos_post_processor_and_special_ids(tiny_gpt2_dir, tmp_path):
     _assert_same(ours, ref, add_special_tokens=True)
     assert ours.encode("The Eagle", add_special_tokens=True)[0] == bos
     assert ours.encode("The Eagle")[0] != bos
+    assert ours.add_bos  # the prompt formats follow it (tests/tasks/test_formatting.py)
     assert (ours.bos_id, ours.eos_id, ours.pad_id) == (
         ref.bos_token_id,
         ref.eos_token_id,
@@ -198,6 +199,8 @@ def test_smollm2_gguf_tokenizer_matches_transformers(smollm2_gguf):  # noqa: F81
     code = "def f(x):\n    return x ** 2  # squares\n\n\nprint(f(12345678))"
     _assert_same(ours, ref, TEXTS + chats + [code, "Ünïcödé ΑΒΓ привет こんにちは 🚀🚀"])
     _assert_same(ours, ref, TEXTS[:2], add_special_tokens=True)
+    # SmolLM2's tokenizer adds no BOS (GGUF add_bos_token false), as transformers' does not
+    assert ours.add_bos is (ref.encode("x", add_special_tokens=True)[0] == ref.bos_token_id)
     assert (ours.eos_id, ours.bos_id, ours.pad_id, ours.vocab_size) == (
         ref.eos_token_id,
         ref.bos_token_id,

@@ -93,3 +93,99 @@ def test_truncation_cuts_prompt_from_left_and_errors():
         encode_example(tok, EX, "chat")
     with pytest.raises(ValueError, match="format must be"):
         encode_example(tok, EX, "alpaca")
+
+
+def _llama_style_folder(out, add_bos_token=None):
+    """A tokenizer folder as transformers saves a Llama-family one: the tokenizer.json
+    post-processor prepends <s> (optionally also an ``add_bos_token`` flag in the config)."""
+    import json
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = FakeTok().backend
+    backend.add_special_tokens(["<s>", "</s>"])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>").save_pretrained(out)  # fmt: skip
+    if add_bos_token is not None:
+        cfg = json.loads((out / "tokenizer_config.json").read_text())
+        (out / "tokenizer_config.json").write_text(
+            json.dumps({**cfg, "add_bos_token": add_bos_token})
+        )
+    return out
+
+
+def _decode_prompts(monkeypatch, tok, add_bos=None):
+    """The prompt ids evaluate.decode_items hands to generate (generate itself stubbed)."""
+    import lora_jax.evaluate as ev
+    from lora_jax.tasks.base import EvalItem
+
+    seen = []
+    monkeypatch.setattr(ev, "generate", lambda m, v, prompts, **kw: seen.extend(prompts) or [[] for _ in prompts])  # fmt: skip
+    cfg = type("Cfg", (), {"eos_token_id": None})()
+    decode = {"max_new_tokens": 4, "num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "batch_size": 2}  # fmt: skip
+    items = [EvalItem(source=EX.source, references=(EX.target,))]
+    ev.decode_items(None, {}, cfg, tok, get_task("e2e"), items, "plain", decode, 64, add_bos)
+    return seen
+
+
+@pytest.mark.torch
+def test_llama_tokenizer_bos_starts_training_example_and_decode_prompt(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from lora_jax.models.tokenizer import Tokenizer
+
+    folder = _llama_style_folder(tmp_path)
+    ours, ref = Tokenizer.from_folder(folder, {}), AutoTokenizer.from_pretrained(folder)
+    first = ref.encode(EX.source, add_special_tokens=True)[0]
+    assert ours.add_bos and first == ref.bos_token_id == ours.bos_id
+    train_ids = encode_example(ours, EX, "plain", task=get_task("e2e"))["input_ids"]
+    (prompt,) = _decode_prompts(monkeypatch, ours)
+    assert train_ids[0] == prompt[0] == first
+    assert train_ids[: len(prompt)] == prompt  # decode prefix = training prefix
+    # task.add_bos=false overrides the tokenizer, in training and decoding alike
+    assert encode_example(ours, EX, "plain", add_bos=False)["input_ids"][0] != first
+    assert _decode_prompts(monkeypatch, ours, add_bos=False)[-1][0] != first
+
+
+@pytest.mark.torch
+def test_add_bos_token_flag_in_tokenizer_config_wins(tmp_path):
+    from lora_jax.models.tokenizer import Tokenizer
+
+    assert not Tokenizer.from_folder(_llama_style_folder(tmp_path, False), {}).add_bos
+
+
+def test_gpt2_tokenizer_adds_no_bos(tiny_e2e_gpt2_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from lora_jax.models.tokenizer import Tokenizer
+
+    ours, ref = Tokenizer.from_folder(tiny_e2e_gpt2_dir), AutoTokenizer.from_pretrained(tiny_e2e_gpt2_dir)  # fmt: skip
+    assert ref.encode(EX.source, add_special_tokens=True) == ref.encode(EX.source, add_special_tokens=False)  # fmt: skip
+    assert ours.bos_id is not None and not ours.add_bos  # GPT-2 has <|endoftext|> but adds none
+    train_ids = encode_example(ours, EX, "plain")["input_ids"]
+    (prompt,) = _decode_prompts(monkeypatch, ours)
+    assert train_ids[0] == prompt[0] == ours.encode(EX.source)[0]
+    assert _decode_prompts(monkeypatch, ours, add_bos=True)[-1][0] == ours.bos_id  # override
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_gguf_add_bos_token_metadata(flag):
+    from lora_jax.models.tokenizer import Tokenizer
+
+    meta = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": ["a", "b", "ab", "<s>", "</s>"],
+        "tokenizer.ggml.token_type": [1, 1, 1, 3, 3],
+        "tokenizer.ggml.merges": ["a b"],
+        "tokenizer.ggml.bos_token_id": 3,
+        "tokenizer.ggml.eos_token_id": 4,
+        "tokenizer.ggml.add_bos_token": flag,
+    }
+    tok = Tokenizer.from_gguf_metadata(meta)
+    assert tok.add_bos is flag
+    assert (encode_prompt(tok, "ab")[0] == 3) is flag
+    assert (tok.encode("ab", add_special_tokens=True)[0] == 3) is flag
