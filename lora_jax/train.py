@@ -35,8 +35,9 @@ from lora_jax.checkpoint import Checkpointer, load_adapter
 from lora_jax.evaluate import evaluate
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
-from lora_jax.optim import build_optimizer
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
+from lora_jax.optimizer import build_optimizer
 from lora_jax.step import make_train_step
 from lora_jax.tasks import get_task
 from lora_jax.tasks.batching import TrainBatches, default_buckets

@@ -334,7 +334,7 @@ def tiny_real(request, tmp_path_factory):
     """(HF torch model, our LoadedModel) for a tiny random checkpoint written by save_pretrained."""
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     torch.manual_seed(0)
     kw = dict(HF_CONFIGS[request.param])

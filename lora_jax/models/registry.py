@@ -1,9 +1,10 @@
-"""Model family dispatch: build a module from a :class:`ModelConfig`, load a checkpoint into
-it, make an empty KV cache, and name the LoRA-targetable modules of each family."""
+"""Model family dispatch: build a module from a :class:`ModelConfig`, make an empty KV cache,
+and name the LoRA-targetable modules of each family. Loading a checkpoint into a model is
+:mod:`lora_jax.models.pretrained` (it uses this module and :mod:`lora_jax.models.convert`;
+neither imports it back)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -67,26 +68,3 @@ def lora_modules(cfg_or_family: ModelConfig | str) -> dict[str, tuple[str, ...]]
     if family not in LORA_MODULES:
         raise ValueError(f"unknown model family {cfg_or_family!r}; known: {sorted(LORA_MODULES)}")
     return dict(LORA_MODULES[family])
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    module: nn.Module
-    params: dict
-    config: ModelConfig
-    tokenizer: Any
-
-
-def load_model(
-    source: str, dtype: str = "float32", param_dtype: str = "float32", lora_dropout: float = 0.0
-) -> LoadedModel:
-    """Load a local HF folder, a ``.gguf`` file or a hub id into (module, params, config,
-    tokenizer). Parameters are stored in ``param_dtype``; compute runs in ``dtype``."""
-    from lora_jax.models import convert
-    from lora_jax.models.load import load_checkpoint
-
-    hf_config, state_dict, tokenizer = load_checkpoint(source)
-    cfg = ModelConfig.from_hf(hf_config)
-    params = convert.params_from_hf(state_dict, cfg, as_dtype(param_dtype))
-    module = build_model(cfg, dtype, param_dtype, lora_dropout)
-    return LoadedModel(module=module, params=params, config=cfg, tokenizer=tokenizer)

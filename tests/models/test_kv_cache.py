@@ -110,7 +110,7 @@ def test_bad_cache_errors():
 def test_smollm2_greedy_cached_decoding_equals_full_forward(smollm2_gguf):  # noqa: F811
     """Real SmolLM2-135M: greedy decoding through the cache, left-padded batch of two prompts;
     every step's logits equal a full forward over the whole sequence so far."""
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     lm = load_model(str(smollm2_gguf))
     rows = [lm.tokenizer.encode(t) for t in ["The capital of France is", "Hello"]]

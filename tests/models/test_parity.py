@@ -287,7 +287,7 @@ def test_lora_dropout_needs_rng_and_changes_output_only_when_not_deterministic()
 @pytest.mark.torch
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
 def test_load_model_from_folder(fixture, request):
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     path = request.getfixturevalue(fixture)
     lm = load_model(str(path))
@@ -309,7 +309,7 @@ def test_smollm2_gguf_logits_match_transformers(smollm2_gguf):  # noqa: F811
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     lm = load_model(str(smollm2_gguf))
     text = ["The capital of France is", "Hi"]

@@ -24,7 +24,7 @@ def both(smollm2_gguf):  # noqa: F811
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     ours = load_model(str(smollm2_gguf), dtype="float32", param_dtype="float32")
     ref = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,39 @@
+"""Load a pretrained model: a local HF folder, a ``.gguf`` file or a hub id -> the Flax module,
+its params, its :class:`ModelConfig` and its tokenizer.
+
+Layering: :mod:`lora_jax.models.load` reads checkpoint files (HF names, numpy),
+:mod:`lora_jax.models.convert` maps them onto our params tree, :mod:`lora_jax.models.registry`
+builds the module; this module composes the three and nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+
+from lora_jax.models import convert
+from lora_jax.models.config import ModelConfig
+from lora_jax.models.load import load_checkpoint
+from lora_jax.models.registry import as_dtype, build_model
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    module: nn.Module
+    params: dict
+    config: ModelConfig
+    tokenizer: Any
+
+
+def load_model(
+    source: str, dtype: str = "float32", param_dtype: str = "float32", lora_dropout: float = 0.0
+) -> LoadedModel:
+    """Load a local HF folder, a ``.gguf`` file or a hub id into (module, params, config,
+    tokenizer). Parameters are stored in ``param_dtype``; compute runs in ``dtype``."""
+    hf_config, state_dict, tokenizer = load_checkpoint(source)
+    cfg = ModelConfig.from_hf(hf_config)
+    params = convert.params_from_hf(state_dict, cfg, as_dtype(param_dtype))
+    module = build_model(cfg, dtype, param_dtype, lora_dropout)
+    return LoadedModel(module=module, params=params, config=cfg, tokenizer=tokenizer)
