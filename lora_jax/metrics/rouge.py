@@ -1,6 +1,8 @@
 """SAMSum ROUGE-1/2/L F1 with Google's `rouge-score` (stemming on), as fractions.
 
-Implementation and flags are part of the result (REFERENCE.md: ROUGE implementations differ):
+Implementation and flags are part of the result, since ROUGE implementations differ in stemming
+and sentence splitting (github google-research/google-research, rouge/README.md; the package
+`rouge-score` on PyPI is that code):
 rouge-score `RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)`, per-example F1
 averaged over examples (no bootstrap aggregation), rougeL = summary-level LCS without sentence
 splitting. With several references per example the best F1 over references is taken.

@@ -2,7 +2,8 @@
 
 Hub: "Samsung/samsum" (columns id, dialogue, summary; 14,732 train / 819 test). Local JSON,
 JSONL, CSV or parquet files with those columns load through `data_files` / `data_dir`.
-Context = utterances joined by "\\n", then "\\n\\n" (REFERENCE.md, LoRA paper App. C).
+Context = utterances joined by "\\n", then "\\n\\n" (Hu et al. 2021, arXiv 2106.09685, App. C;
+the dataset: Gliwa et al. 2019, arXiv 1911.12237).
 """
 
 from __future__ import annotations
