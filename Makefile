@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine (each creates .venv and installs on first use):
 #   make demo   - the offline main job: LoRA on SmolLM2-135M over an embedded E2E-format sample
 #   make test   - the test suite (what .ci/run runs)
+# Both install from requirements.lock (exact versions + sha256 of every package of .[test]);
+#   make lock   - regenerate it after changing dependencies in pyproject.toml (.ci/lock.py)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,14 +12,19 @@ SHARED ?= ../shared
 ENV = LORA_JAX_SMOLLM2_GGUF="$${LORA_JAX_SMOLLM2_GGUF:-$$($(SHARED)/bin/get-smollm2)}" \
       LORA_JAX_E2E_DIR="$${LORA_JAX_E2E_DIR:-$(abspath $(SHARED)/data/e2e)}"
 
-.PHONY: setup demo test lint
+LOCK := requirements.lock
+
+.PHONY: setup demo test lint lock
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock:
+	$(PYTHON) .ci/lock.py $(LOCK)
 
 demo: setup
 	$(ENV) $(PY) -m lora_jax.train $(ARGS)

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 import lora_jax
 from lora_jax import config as config_schema
 from lora_jax.checkpoint import Checkpointer, load_adapter
+from lora_jax.env_info import package_versions
 from lora_jax.evaluate import evaluate
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
@@ -363,6 +364,7 @@ def _new_results(cfg: DictConfig, resolved: dict, run_dir: Path) -> dict:
             "platform": jax.default_backend(),
             "host": platform.node(),
             "command": " ".join(sys.argv),
+            "packages": package_versions(),  # exact versions (make setup installs the lock)
         },  # fmt: skip
         "config": resolved,
         "sweep": {

@@ -40,6 +40,7 @@ def test_results_json_has_every_field(trained):
 
     assert res["run"]["jax_version"] == jax.__version__
     assert res["run"]["flax_version"] == flax.__version__
+    assert res["run"]["packages"]["jax"] == jax.__version__  # lora_jax.env_info
     # The config is the resolved one: no interpolations left, and the run name resolved alpha.
     assert "${" not in json.dumps(res["config"])
     assert res["config"]["lora"]["r"] == 4 and res["config"]["optim"]["lr"] == 3e-2
