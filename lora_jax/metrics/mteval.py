@@ -25,7 +25,9 @@ Definitions follow NIST's `mteval-v13a.pl` as re-implemented in the official E2E
 
 Two edge cases where pymteval and mteval-v13a disagree follow mteval-v13a here: a hypothesis
 shorter than n contributes 0 (not a negative count) n-grams, and a zero-match order is
-smoothed as above instead of by 1e-15. Neither happens on real E2E system outputs.
+smoothed as above instead of by 1e-15. Neither happens on real E2E system outputs. Perl
+mteval lower-cases ASCII letters only (``tr/[A-Z]/[a-z]/``), pymteval and this module all
+letters; the E2E references hold no non-ASCII capital.
 """
 
 from __future__ import annotations
