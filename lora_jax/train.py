@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import lora_jax
-from lora_jax import config as config_schema
+from lora_jax import schema as config_schema
 from lora_jax.checkpoint import Checkpointer, load_adapter
 from lora_jax.env_info import package_versions
 from lora_jax.evaluate import evaluate

@@ -12,7 +12,7 @@ from lora_jax.lora.params import (
     merge,
     unmerge,
 )
-from lora_jax.lora.report import param_report
+from lora_jax.lora.param_counts import param_report
 from lora_jax.lora.targeting import PRESETS, Target, candidates, resolve
 
 __all__ = [

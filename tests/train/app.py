@@ -41,7 +41,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lora_jax import config as config_schema
+    from lora_jax import schema as config_schema
 
     config_schema.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
