@@ -5,10 +5,12 @@ fails at composition with Hydra's message naming the key, before any work starts
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -50,9 +52,10 @@ class TaskCfg:
 
 @dataclass
 class LoraCfg:
-    preset: str = "custom"  # the name of the lora/ group file, for run names and reports
     r: int = 8
-    alpha: float = 8.0  # constant in r: PEFT's lora_alpha default; [P §4.1] fixes alpha
+    # A constant, never tied to r: the paper keeps α fixed as r changes [P §4.1]; 8 is PEFT's
+    # LoraConfig default lora_alpha (huggingface/peft src/peft/tuners/lora/config.py).
+    alpha: float = 8.0
     targets: Any = "qv"  # preset/short name, list (names, PEFT suffixes), or one regex string
     exclude_modules: Any = None  # PEFT's: list of names/suffixes or one regex string
     layers: Any = None  # PEFT's layers_to_transform: int or list of layer indices
@@ -92,6 +95,9 @@ class TrainerCfg:
     progress: bool = True
     stop_after: int | None = None  # stop (as if killed) after this many steps: resume tests
     eval_only: bool = False  # skip training; evaluate the base model or `adapter`
+    # Held-out pairs of the task's eval split for the validation loss (lora_jax/validation.py),
+    # computed at eval points and at the end; 0 disables it.
+    val_examples: int = 256
 
 
 @dataclass
@@ -124,12 +130,39 @@ def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
-def _if_null(value: Any, default: Any) -> Any:
-    """``${if_null:${lora.alpha},${lora.r}}``: the first value unless it is null (``oc.select``
-    returns a present null as None); integral floats print as ints (run names: a32, not a32.0)."""
-    v = default if value is None else value
-    return int(v) if isinstance(v, float) and v.is_integer() else v
+def conf_dir() -> Path:
+    """The Hydra config tree: ``conf/`` of a source checkout, else the copy installed inside the
+    package (pyproject.toml maps ``conf/`` to ``lora_jax/conf`` in the wheel)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else here / "conf"
 
 
-# Registered on import, so launcher workers that import the app have it too.
-OmegaConf.register_new_resolver("if_null", _if_null, replace=True)
+class SweepNeedsExperiment(Callback):
+    """Hydra callback of conf/experiment/required.yaml (what a sweep selects when no experiment
+    is given): stops ``+sweep=NAME`` before its first run and names the experiments to pick."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        names = sorted(
+            p.stem for p in (conf_dir() / "experiment").glob("*.yaml") if p.stem != "required"
+        )
+        name = config.get("sweep_name", "NAME")
+        raise SystemExit(
+            f"error: +sweep={name} needs an experiment, which sets the model, data, steps and lr "
+            f"the sweep runs: add experiment=NAME with NAME one of {', '.join(names)} "
+            f"(conf/experiment/), e.g. python -m lora_jax.train +sweep={name} "
+            "experiment=e2e_offline_smollm2"
+        )
+
+    on_run_start = on_multirun_start
+
+
+def _run_name(model, task, targets, r, alpha, scaling, seed) -> str:
+    from lora_jax.naming import run_name
+
+    targets = OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets
+    return run_name(model, task, targets, r, alpha, scaling, seed)
+
+
+# Registered on import, so launcher workers that import the app have them too.
+OmegaConf.register_new_resolver("run_name", _run_name, replace=True)

@@ -1,7 +1,10 @@
 """Run logging: console lines always, Weights & Biases when ``logger.name=wandb``.
 
-W&B group defaults to the sweep name; the run name and tags come from the sweep axes
-(model, task, targets, r, alpha, scaling, seed)."""
+W&B: group = the sweep name (``logger.group`` overrides it); config = the full resolved config
+plus the run record's ``sweep`` key; tags = ``logger.tags`` plus one ``axis=value`` per sweep
+axis (targets as the resolved label such as ``targets=q,v``, r, alpha, scale, scaling, lr, seed),
+updated once targeting has resolved the modules; the summary holds the whole run record
+(flattened with "/"), so ``python -m lora_jax.report --wandb`` reads the same schema."""
 
 from __future__ import annotations
 
@@ -37,20 +40,29 @@ class Tracker:
             )
         import wandb
 
-        tags = list(logger_cfg.get("tags") or []) + [
-            f"{k}={v}" for k, v in axes.items() if k != "seed"
-        ]
+        self._user_tags = list(logger_cfg.get("tags") or [])
         self.run = wandb.init(
             project=logger_cfg["project"],
             entity=logger_cfg.get("entity"),
-            group=logger_cfg.get("group") or axes.get("sweep") or None,
+            group=run_group(logger_cfg, axes),
             name=name,
-            tags=tags,
+            tags=run_tags(self._user_tags, axes),
             mode=mode,
             dir=str(logger_cfg.get("dir") or run_dir),
-            config=config | {"sweep_axes": dict(axes)},
+            config=config | {"sweep": dict(axes)},
             reinit="finish_previous",
         )
+
+    def update_axes(self, axes: Mapping[str, Any]) -> None:
+        """After targeting: the resolved label/α/scale replace the compose-time ones."""
+        if self.run is not None:
+            self.run.config.update({"sweep": dict(axes)}, allow_val_change=True)
+            self.run.tags = tuple(run_tags(self._user_tags, axes))
+
+    def record(self, results: Mapping[str, Any]) -> None:
+        """The final run record into the W&B summary (the report reads it back)."""
+        keys = ("status", "error", "main_metric", "sweep", "lora", "params", "metrics", "memory")
+        self.summary(flatten({k: results.get(k) for k in keys if results.get(k) is not None}))
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run is not None:
@@ -69,6 +81,26 @@ class Tracker:
     @property
     def run_dir(self) -> str | None:
         return None if self.run is None else self.run.dir
+
+
+def run_group(logger_cfg: Mapping[str, Any], axes: Mapping[str, Any]) -> str | None:
+    """W&B group: ``logger.group`` if set, else the sweep name (None outside a sweep)."""
+    sweep = axes.get("sweep")
+    return logger_cfg.get("group") or (sweep if sweep and sweep != "none" else None)
+
+
+TAG_AXES = ("model", "task", "targets", "r", "alpha", "scale", "scaling", "lr", "seed")
+
+
+def run_tags(user_tags: list[str], axes: Mapping[str, Any]) -> list[str]:
+    """``logger.tags`` + ``axis=value`` per sweep axis (W&B caps a tag at 64 characters)."""
+    tags = list(user_tags)
+    for k in TAG_AXES:
+        if axes.get(k) is not None:
+            v = axes[k]
+            text = f"{v:g}" if isinstance(v, float) else str(v)
+            tags.append(f"{k}={text}"[:64])
+    return tags
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,13 +11,10 @@ in a multirun the sweep goes on.
 from __future__ import annotations
 
 import math
-import platform
 import resource
-import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +26,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import lora_jax
+from lora_jax import record
 from lora_jax import schema as config_schema
 from lora_jax.checkpoint import Checkpointer, load_adapter
-from lora_jax.env_info import package_versions
 from lora_jax.evaluate import evaluate
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.optimizer import build_optimizer
-from lora_jax.step import make_train_step
+from lora_jax.step import make_eval_loss, make_train_step
 from lora_jax.tasks import get_task
 from lora_jax.tasks.batching import TrainBatches, default_buckets
 from lora_jax.tasks.formatting import encode_example
 from lora_jax.tasks.sample import write_e2e_sample
-from lora_jax.tracking import Tracker, console, flatten
+from lora_jax.tracking import Tracker, console
+from lora_jax.validation import validation_batches, validation_loss
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(config_schema.conf_dir())
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,10 +51,12 @@ class NonFiniteLoss(RuntimeError):
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one configuration; returns the results record (also written)."""
+    """Train and evaluate one configuration; returns the run record (lora_jax/record.py), also
+    written to ``run_dir/results.json``."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    results = _new_results(cfg, resolved, run_dir)
+    results = record.new_record(cfg.name, run_dir, resolved, record.sweep_key(resolved))
     tracker = None
     try:
         tracker = Tracker(cfg.logger, run_dir, cfg.name, results["sweep"], resolved)
@@ -69,13 +68,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         results["traceback"] = traceback.format_exc()
         raise
     finally:
-        results["run"]["finished"] = _now()
-        results["run"]["wall_time_s"] = time.time() - results["run"]["_t0"]
-        results["run"].pop("_t0", None)
-        _write_json(run_dir / "results.json", results)
+        record.finish(results, t0)
+        record.write(results, run_dir)
         if tracker is not None:
-            tracker.summary(flatten({"metrics": results["metrics"], "params": results["params"]})
-                            | {"status": results["status"], "main_metric": results["main_metric"]})  # fmt: skip
+            tracker.record(results)
             tracker.finish(exit_code=0 if results["status"] == "ok" else 1)
     return results
 
@@ -90,16 +86,17 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
                   f"from {cfg.model.source} in {time.time() - t:.1f}s")  # fmt: skip
 
     # 2. The LoRA tree and the parameter report.
-    lora_cfg = LoraConfig.from_dict(
-        {k: v for k, v in OmegaConf.to_container(cfg.lora).items() if k != "preset"}
-        | {"seed": cfg.seed}
-    )
+    lora_cfg = LoraConfig.from_dict(OmegaConf.to_container(cfg.lora) | {"seed": cfg.seed})
     lora, targets = lora_init(
         jax.random.PRNGKey(cfg.seed), frozen, lora_cfg, lora_modules(lm.config)
     )
     report = param_report(targets, frozen)
     results["params"] = report.as_dict()
-    console.print(f"LoRA on {len(targets)} blocks: {_describe(targets)}")
+    record.set_targets(results, targets)  # the label, α and scale of what is really adapted
+    tracker.update_axes(results["sweep"])
+    console.print(
+        f"LoRA on {len(targets)} blocks ({results['lora']['label']}): {_describe(targets)}"
+    )
     console.print(str(report))
 
     # 3. The task: train examples → token ids → fixed-shape batches; eval items.
@@ -108,7 +105,8 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     items = task.eval_groups(task.load("eval"))
     if cfg.task.max_eval_items:
         items = items[: cfg.task.max_eval_items]
-    evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir)
+    last_hyps: list = []  # the latest eval's hypotheses, for the per-item record
+    evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps)
 
     if cfg.adapter:
         lora = load_adapter(cfg.adapter, lora)
@@ -133,6 +131,20 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
         OmegaConf.to_container(ocfg), lora, max(micro_steps // ocfg.grad_accum, 1)
     )
     opt_state = tx.init(lora)
+    val_batches = _validation_batches(cfg, task, tok, batches.buckets)
+    eval_loss = make_eval_loss(module)
+    val_m = results["metrics"]["validation"]
+
+    def validate(step: int) -> None:
+        if not val_batches:
+            return
+        loss = validation_loss(eval_loss, lora, frozen, val_batches)
+        val_m["loss"] = loss
+        val_m.setdefault("history", []).append([step, loss])
+        tracker.log({"val/loss": loss}, step=step)
+        console.print(f"validation loss at step {step}: {loss:.4f}")
+
+    val_m["examples"] = sum(int(b["attention_mask"].any(axis=1).sum()) for b in val_batches)
     console.print(f"{len(train)} train examples, {batches.steps_per_epoch} steps/epoch, {micro_steps} steps, "
                   f"{len(items)} eval items, buckets {batches.buckets}")  # fmt: skip
 
@@ -145,6 +157,7 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
 
     if tcfg.eval_before and start == 0:
         results["metrics"]["eval_before"] = evaluate_now(lora, "eval_before")
+        validate(0)
 
     # 5. The loop: one jitted step; device metrics are fetched only at log points.
     step_fn = make_train_step(
@@ -154,12 +167,14 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     train_m = results["metrics"]["train"]
     pending: list[dict] = []
     window_tokens, window_t0, last_good, tps_all = 0, None, start, []
+    tokens_seen = int(train_m.get("tokens_seen") or 0) if start else 0
     end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
     progress = _progress(tcfg.progress, end - start)
     step = start
     for step in range(start, end):
         batch = batches.batch_at(step)
         window_tokens += int(batch["attention_mask"].sum())
+        tokens_seen += int(batch["attention_mask"].sum())
         lora, opt_state, m = step_fn(lora, opt_state, frozen, batch, jax.random.fold_in(key, step))
         pending.append(m)
         done = step + 1
@@ -196,11 +211,14 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
             last_good = done
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
             _log_eval(tracker, evaluate_now(lora, f"eval_step{done}"), done)
+            validate(done)
     progress(None, "")
     done = step + 1 if end > start else start
     ckpt.save(done, lora, opt_state)
     ckpt.close()
-    train_m.update(steps=done, tokens_per_s=float(np.median(tps_all)) if tps_all else None)
+    train_m.update(steps=done, tokens_seen=tokens_seen,
+                   tokens_per_s=float(np.median(tps_all)) if tps_all else None)  # fmt: skip
+    results["sweep"].update(steps=done, tokens_seen=tokens_seen)
     if done < micro_steps:
         console.print(
             f"stopped after step {done} of {micro_steps} (trainer.stop_after); resume with trainer.resume=true"
@@ -209,7 +227,9 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
         return
 
     # 6. Evaluate the trained adapter.
+    validate(done)
     results["metrics"]["eval"] = evaluate_now(lora, "eval")
+    results["items"] = record.write_items(run_dir, last_hyps[0], [it.references for it in items])
     _log_eval(tracker, results["metrics"]["eval"], done)
     results["memory"] = _memory()
     _print_metrics(results["metrics"])
@@ -227,12 +247,26 @@ def _all_finite(tree: Any) -> bool:
     return all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(tree))
 
 
-def _evaluator(cfg, lm, tok, task, items, run_dir):
+def _validation_batches(cfg: DictConfig, task, tok, buckets) -> list[dict]:
+    """The held-out batches of lora_jax/validation.py (empty when trainer.val_examples=0)."""
+    n = cfg.trainer.val_examples
+    if not n:
+        return []
+    held_out = task.load("eval")[:n]
+    encoded = [
+        encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task, cfg.task.add_bos)
+        for ex in held_out
+    ]
+    return validation_batches(encoded, cfg.trainer.batch_size, buckets, tok.pad_id)
+
+
+def _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps: list):
     def evaluate_now(lora, tag: str) -> dict:
         t = time.time()
         variables = {"params": lm.params, "lora": lora}
         metrics, hyps = evaluate(lm.module, variables, lm.config, tok, task, items, cfg.task.format,
                                  cfg.task.decode, cfg.task.max_len, cfg.task.add_bos)  # fmt: skip
+        last_hyps[:] = [hyps]
         (run_dir / f"predictions_{tag}.txt").write_text(
             "".join(h.replace("\n", " ") + "\n" for h in hyps)
         )
@@ -341,80 +375,6 @@ def _memory() -> dict:
         "peak_bytes": stats.get("peak_bytes_in_use"),
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
-
-
-def _new_results(cfg: DictConfig, resolved: dict, run_dir: Path) -> dict:
-    import flax
-
-    alpha = cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.r
-    targets = cfg.lora.preset if cfg.lora.preset != "custom" else _targets_name(cfg.lora.targets)
-    return {
-        "status": "running",
-        "error": None,
-        "run": {
-            "name": cfg.name,
-            "dir": str(run_dir),
-            "_t0": time.time(),
-            "started": _now(),
-            "git_commit": _git_commit(),
-            "lora_jax_version": lora_jax.__version__,
-            "jax_version": jax.__version__,
-            "flax_version": flax.__version__,
-            "device_kind": jax.devices()[0].device_kind,
-            "platform": jax.default_backend(),
-            "host": platform.node(),
-            "command": " ".join(sys.argv),
-            "packages": package_versions(),  # exact versions (make setup installs the lock)
-        },  # fmt: skip
-        "config": resolved,
-        "sweep": {
-            "sweep": cfg.sweep_name,
-            "model": cfg.model.name,
-            "task": cfg.task.name,
-            "targets": targets,
-            "r": int(cfg.lora.r),
-            "alpha": float(alpha),
-            "scaling": cfg.lora.scaling,
-            "seed": int(cfg.seed),
-        },  # fmt: skip
-        "params": {},
-        "metrics": {"eval": {}, "eval_before": {}, "train": {}},
-        "main_metric": None,
-        "memory": {"peak_bytes": None},
-    }
-
-
-def _targets_name(targets: Any) -> str:
-    return targets if isinstance(targets, str) else "+".join(map(str, targets))
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except OSError:
-        return None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    def default(x):
-        if isinstance(x, (np.generic, jnp.ndarray)):
-            return np.asarray(x).tolist()
-        return str(x)
-
-    path.write_text(json.dumps(obj, indent=2, default=default))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

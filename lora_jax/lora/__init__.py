@@ -3,6 +3,7 @@
 from lora_jax.lora.config import LoraConfig
 from lora_jax.lora.layer import LoraDense
 from lora_jax.lora.optim import make_optimizer, trainable_labels
+from lora_jax.lora.param_counts import param_report
 from lora_jax.lora.params import (
     count_params,
     count_trainable,
@@ -12,7 +13,6 @@ from lora_jax.lora.params import (
     merge,
     unmerge,
 )
-from lora_jax.lora.param_counts import param_report
 from lora_jax.lora.targeting import PRESETS, Target, candidates, resolve
 
 __all__ = [

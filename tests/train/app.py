@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = str(ROOT / "conf")
+CONF_DIR = str(ROOT / "conf")  # the checkout's tree (lora_jax.schema.conf_dir() in the app)
 
 
 def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
@@ -102,7 +102,7 @@ def load_final_lora(run_dir: Path, model_dir: Path, overrides: list[str]) -> dic
 
     cfg = compose(overrides)
     lm = load_model(str(model_dir))
-    lcfg = {k: v for k, v in OmegaConf.to_container(cfg.lora).items() if k != "preset"}
+    lcfg = OmegaConf.to_container(cfg.lora)
     template, _ = lora_init(
         jax.random.PRNGKey(123), lm.params, LoraConfig.from_dict(lcfg), lora_modules(lm.config)
     )

@@ -32,7 +32,7 @@ def test_paper_preset_matches_reference():
         10, 0.9, 4, 64,
     )  # fmt: skip
     assert cfg.seed == 110
-    assert cfg.name == "gpt2-medium-e2e-qv-r4-a32-s110"
+    assert cfg.name == "gpt2-medium-e2e-q,v-r4-a32-s110"
 
 
 def test_paper_preset_every_value_line_is_cited():

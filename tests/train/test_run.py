@@ -32,23 +32,27 @@ def test_results_json_has_every_field(trained):
     run_dir, _, _ = trained
     res = read_results(run_dir)
     assert res["status"] == "ok" and res["error"] is None
-    for k in ("git_commit", "jax_version", "flax_version", "device_kind", "wall_time_s"):
+    for k in ("git_commit", "device_kind", "wall_time_s", "command"):
         assert res["run"][k] not in (None, ""), k
     assert res["run"]["wall_time_s"] > 0
     import flax
     import jax
 
-    assert res["run"]["jax_version"] == jax.__version__
-    assert res["run"]["flax_version"] == flax.__version__
     assert res["run"]["packages"]["jax"] == jax.__version__  # lora_jax.env_info
+    assert res["run"]["packages"]["flax"] == flax.__version__
     # The config is the resolved one: no interpolations left, and the run name resolved alpha.
     assert "${" not in json.dumps(res["config"])
     assert res["config"]["lora"]["r"] == 4 and res["config"]["optim"]["lr"] == 3e-2
-    assert res["config"]["name"] == "local-e2e-all-r4-a8-s0"
+    # The name is decided at compose time (the preset's modules); the record holds what GPT-2
+    # really adapted (it has no gate), with α = 8 (the constant default) and scale α/r.
+    assert res["config"]["name"] == "local-e2e-q,k,v,o,gate,up,down-r4-a8-s0"
     axes = res["sweep"]
-    assert {k: axes[k] for k in ("model", "task", "targets", "r", "alpha", "seed")} == {
-        "model": "local", "task": "e2e", "targets": "all", "r": 4, "alpha": 8.0, "seed": 0,
+    assert {k: axes[k] for k in ("model", "task", "targets", "r", "alpha", "scale", "seed")} == {
+        "model": "local", "task": "e2e", "targets": "q,k,v,o,up,down", "r": 4, "alpha": 8.0,
+        "scale": 2.0, "seed": 0,
     }  # fmt: skip
+    assert axes["lr"] == 3e-2 and axes["steps"] == 24 and axes["tokens_seen"] > 0
+    assert res["lora"]["modules"]["up"] == {"r": 4, "alpha": 8.0, "scale": 2.0, "blocks": 2}
     # Closed-form count: lora=all on 2 layers of d=32 (GPT-2: q,k,v,o [32x32], fc [32x128],
     # proj [128x32]); LoRA r·(in+out) per block.
     d, r, layers = 32, 4, 2
