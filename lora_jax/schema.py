@@ -131,11 +131,9 @@ def register() -> None:
 
 
 def conf_dir() -> Path:
-    """The Hydra config tree: ``conf/`` of a source checkout, else the copy installed inside the
-    package (pyproject.toml maps ``conf/`` to ``lora_jax/conf`` in the wheel)."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "conf"
-    return checkout if (checkout / "config.yaml").is_file() else here / "conf"
+    """The Hydra config tree, ``lora_jax/conf``: in a source checkout a symlink to the top-level
+    ``conf/``, in an installed wheel a copy of it (pyproject.toml package-data)."""
+    return Path(__file__).resolve().parent / "conf"
 
 
 class SweepNeedsExperiment(Callback):
