@@ -15,6 +15,7 @@ import pytest
 from lora_jax import report as rep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ALL = "q,k,v,o,gate,up,down"  # target labels (lora_jax.naming)
 
 
 def _write_run(
@@ -63,7 +64,7 @@ def multirun(tmp_path: Path) -> Path:
     root = tmp_path / "multirun" / "2025-01-01" / "12-00-00"
     rng = np.random.default_rng(0)
     idx = 0
-    for targets in ("all", "qv"):
+    for targets in (ALL, "q,v"):
         for r in (8, 2):
             for seed in (0, 1):
                 metrics = {
@@ -78,7 +79,7 @@ def multirun(tmp_path: Path) -> Path:
                         "steps": 10,
                     },
                 }
-                trainable = 2 * 4 * 64 * r * (4 if targets == "all" else 2)
+                trainable = 2 * 4 * 64 * r * (4 if targets == ALL else 2)
                 _write_run(
                     root, idx, {"targets": targets, "r": r, "seed": seed}, metrics, trainable
                 )
@@ -113,7 +114,7 @@ def test_table_shape_means_stds(multirun: Path) -> None:
     report = rep.aggregate(rep.collect_runs(multirun), "bleu")
     assert len(report.sections) == 1  # alpha = 2r is fixed by the cell, so it does not split
     section = report.sections[0]
-    assert section.rows == ["qv", "all"]  # paper order, not file order
+    assert section.rows == ["q,v", ALL]  # attention before MLP, not file order
     assert section.cols == [2, 8]  # numeric order
     expected = _expected(multirun, "bleu")
     assert set(section.cells) == set(expected) and len(expected) == 4
@@ -142,10 +143,10 @@ def test_cli_writes_every_file(multirun: Path, tmp_path: Path, capsys) -> None:
     assert md in printed
 
     expected = _expected(multirun, "bleu")
-    n, mean, std, trainable = expected[("qv", 2)]
-    cell_text = f"{100 * mean:.1f} ± {100 * std:.1f} ({trainable / 1e3:.1f}K)"
-    qv_line = next(line for line in md.splitlines() if line.startswith("| qv "))
-    assert cell_text in qv_line
+    n, mean, std, trainable = expected[("q,v", 2)]
+    qv_line = next(line for line in md.splitlines() if line.startswith("| q,v "))
+    assert f"{100 * mean:.1f} ± {100 * std:.1f} [" in qv_line  # then the bootstrap interval
+    assert f"] ({trainable / 1e3:.1f}K)" in qv_line
     assert "Failed runs (2" in md and "run-8" in md and "out of memory" in md
     assert "no results.json" in md
     assert "Seeds per cell: 2" in md and "Best cell" in md
@@ -225,15 +226,16 @@ def test_single_seed_equal_budget_and_percent_rule(tmp_path: Path) -> None:
         _write_run(tmp_path, i, {"targets": targets, "r": r, "seed": 0}, metrics, 18 * 10**6)
     report = rep.aggregate(rep.collect_runs(tmp_path), "bleu")
     section = report.sections[0]
-    assert section.rows == ["q", "v", "qv", "attn"] and section.cols == [2, 4, 8]
+    # legacy preset names in old records become labels, in the paper's order
+    assert section.rows == ["q", "v", "q,v", "q,k,v,o"] and section.cols == [2, 4, 8]
     assert all(c.std is None for c in section.cells.values())
     md = rep.render_markdown(report)
     assert "±" not in md.split("Best cell")[0].split("— = not run.")[1]  # n=1: no ± in cells
-    assert "- qv@r=4: 73.7 (18.00M, n=1)" in md  # the compact list of a sparse table
+    assert "- q,v@r=4: 73.7 (18.00M, n=1)" in md  # the compact list of a sparse table
     assert "—" in md  # empty cells
     cider = rep.aggregate(rep.collect_runs(tmp_path), "cider")
     assert cider.scales["eval.cider"] == 1.0  # CIDEr shown as stored
-    assert cider.sections[0].cells[("attn", 2)].mean == pytest.approx(2.8)
+    assert cider.sections[0].cells[("q,k,v,o", 2)].mean == pytest.approx(2.8)
 
 
 def test_axis_varying_inside_a_cell_splits_the_report(tmp_path: Path) -> None:
@@ -245,15 +247,15 @@ def test_axis_varying_inside_a_cell_splits_the_report(tmp_path: Path) -> None:
         (run_dir / "results.json").write_text(json.dumps(res))
     report = rep.aggregate(rep.collect_runs(tmp_path), "bleu")
     assert [s.fixed for s in report.sections] == [{"alpha": 8}, {"alpha": 32}]
-    assert report.sections[1].cells[("qv", 4)].mean == pytest.approx(80.0)
-    assert report.sections[1].cells[("qv", 4)].std == pytest.approx(np.std([70, 90], ddof=1))
+    assert report.sections[1].cells[("q,v", 4)].mean == pytest.approx(80.0)
+    assert report.sections[1].cells[("q,v", 4)].std == pytest.approx(np.std([70, 90], ddof=1))
     paths = rep.write_report(report, tmp_path / "out")
     assert "bleu_vs_r_alpha-32.png" in paths
 
 
 def test_parse_overrides() -> None:
     got = rep.parse_overrides(["lora.r=4", "+seed=1", "lora.targets=[q,v]", "model=gpt2", "x"])
-    assert got == {"r": 4, "seed": 1, "targets": "qv", "model": "gpt2"}
+    assert got == {"r": 4, "seed": 1, "targets": "q,v", "model": "gpt2"}
 
 
 class _FakeRun:
@@ -295,9 +297,9 @@ def test_wandb_source(monkeypatch, tmp_path: Path, capsys) -> None:
     assert _FakeApi.calls[-1] == ("me/lora", {"group": "rank_table"})
     with (out / "report.csv").open() as f:
         rows = {(r["targets"], r["r"]): r for r in csv.DictReader(f)}
-    assert set(rows) == {("q", "4"), ("qv", "4")}
-    assert float(rows[("qv", "4")]["mean"]) == pytest.approx(71.0)
-    assert float(rows[("qv", "4")]["std"]) == pytest.approx(np.std([70, 72], ddof=1))
+    assert set(rows) == {("q", "4"), ("q,v", "4")}
+    assert float(rows[("q,v", "4")]["mean"]) == pytest.approx(71.0)
+    assert float(rows[("q,v", "4")]["std"]) == pytest.approx(np.std([70, 72], ddof=1))
     md = (out / "report.md").read_text()
     assert "w-crash" in md and "crashed" in md
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lora_jax.report import Report, Section
+    from lora_jax.report.aggregate import Report, Section
 
 
 def _suffix(section: Section) -> str:
@@ -32,7 +32,7 @@ def plot_report(report: Report, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lora_jax.report import metric_key
+    from lora_jax.report.aggregate import metric_key
 
     key = metric_key(report.metric)
     ylabel = report.metric + (" (×100)" if report.scales[key] == 100.0 else "")

@@ -1,0 +1,5 @@
+import sys
+
+from lora_jax.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,223 @@
+"""Aggregate runs into cells with pandas: one cell per (rows, cols) value of the runs' sweep key,
+one table (Section) per value of the split axes (alpha, scale, scaling, model, task by default,
+plus ``--split``) that vary inside a cell.
+
+A cell averages seeds only: its runs' recipes (lora_jax.record.recipe: the resolved config
+without seed, names, paths and logging) must be equal. A cell whose runs differ in anything
+else (say one run at another lr) is refused with the difference listed, or with
+``allow_mixed=True`` averaged and listed in ``Report.mixed``.
+
+Per cell and metric: mean, sample std (ddof=1) over seeds, and a 95% percentile bootstrap
+interval of the mean over seeds (lora_jax.report.stats; none for n=1). Failed runs are
+excluded from the means and listed with their error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from lora_jax.report.collect import ReportError, Run
+from lora_jax.report.stats import bootstrap_ci, mean_std
+
+PERCENT_PREFIXES = ("bleu", "rouge", "meteor", "acc", "exact_match")
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
+SPLIT_AXES = ("alpha", "scale", "scaling", "model", "task")
+# Legacy target names, placed as the paper's tables place them (qk before qv, Table 5).
+LEGACY_ORDER = ("q", "k", "v", "o", "qk", "qv", "attn", "mlp", "all")
+MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def metric_key(metric: str) -> str:
+    """ "bleu" -> "eval.bleu"; dotted names ("train.final_loss") are paths under metrics."""
+    return metric if "." in metric else f"eval.{metric}"
+
+
+def is_percent(name: str, values: Iterable[float]) -> bool:
+    """The display rule: bleu/rouge/meteor/acc*/exact_match stored as fractions -> ×100."""
+    leaf = name.rsplit(".", 1)[-1].lower()
+    values = [v for v in values if math.isfinite(v)]
+    return leaf.startswith(PERCENT_PREFIXES) and bool(values) and all(0 <= v <= 1 for v in values)
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+@dataclass
+class Cell:
+    """Runs sharing one (row, col) value; stats in display units."""
+
+    row: Any
+    col: Any
+    runs: list[Run]
+    mean: float
+    std: float | None  # None when n == 1
+    ci: tuple[float, float] | None  # 95% bootstrap interval of the mean over seeds
+    trainable: int | None
+    stats: dict[str, tuple[float, float | None]]  # every metric: (mean, std)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+
+@dataclass
+class Section:
+    """One table: cells over rows x cols at one value of the axes that split the sweep."""
+
+    fixed: dict[str, Any]
+    rows: list[Any]
+    cols: list[Any]
+    cells: dict[tuple[Any, Any], Cell]
+
+
+@dataclass
+class Report:
+    metric: str
+    rows_axis: str
+    cols_axis: str
+    sections: list[Section]
+    failed: list[Run]
+    runs: list[Run]
+    scales: dict[str, float]  # metric key -> display multiplier (100 or 1)
+    mixed: list[str]  # cells averaged over runs that differ beyond the seed (allow_mixed)
+
+
+def sort_key(axis: str, value: Any) -> tuple:
+    """Targets: labels by (MLP involved, number of modules, module order); legacy names in
+    paper order; then numbers by value, then strings."""
+    if axis == "targets" and isinstance(value, str):
+        names = value.split(",")
+        if all(n in MODULE_ORDER for n in names):
+            idx = tuple(MODULE_ORDER.index(n) for n in names)
+            return (0, (any(i >= 4 for i in idx), len(idx), idx), "")
+        if value in LEGACY_ORDER:
+            return (1, (LEGACY_ORDER.index(value),), "")
+    if isinstance(value, (int, float)):
+        return (2, (value,), "")
+    return (3, (), str(value))
+
+
+def cell_differences(runs: Sequence[Run]) -> dict[str, dict[Any, list[str]]]:
+    """{config key: {value: [run names]}} for every recipe key on which ``runs`` disagree."""
+    known = [r for r in runs if r.recipe]
+    keys = sorted({k for r in known for k in r.recipe})
+    out: dict[str, dict[Any, list[str]]] = {}
+    for k in keys:
+        by_value: dict[Any, list[str]] = {}
+        for r in known:
+            by_value.setdefault(repr(r.recipe.get(k, "<absent>")), []).append(r.name)
+        if len(by_value) > 1:
+            out[k] = by_value
+    return out
+
+
+def describe_differences(where: str, diffs: dict[str, dict[Any, list[str]]]) -> str:
+    parts = [
+        f"{k}: " + "; ".join(f"{v} ({', '.join(names)})" for v, names in by.items())
+        for k, by in diffs.items()
+    ]
+    return f"{where}: runs differ in " + " | ".join(parts)
+
+
+def aggregate(
+    runs: list[Run],
+    metric: str,
+    rows: str = "targets",
+    cols: str = "r",
+    split: Sequence[str] = (),
+    allow_mixed: bool = False,
+) -> Report:
+    """Group successful runs into cells over (rows, cols); see the module docstring."""
+    key = metric_key(metric)
+    failed = [r for r in runs if not r.ok]
+    good: list[Run] = []
+    for run in runs:
+        if not run.ok:
+            continue
+        missing = [a for a in (rows, cols) if a not in run.sweep]
+        if missing or key not in run.metrics:
+            what = f"sweep axis {missing[0]!r}" if missing else f"metric {key!r}"
+            known = sorted(run.sweep) if missing else sorted(run.metrics)
+            error = f"{what} missing from results (has: {', '.join(known)})"
+            failed.append(replace(run, error=error))
+        elif not math.isfinite(run.metrics[key]):
+            failed.append(replace(run, error=f"metric {key!r} is {run.metrics[key]}"))
+        else:
+            good.append(run)
+    if not good:
+        hint = f"{len(failed)} failed/incomplete run(s): " + "; ".join(
+            f"{r.name}: {r.error}" for r in failed[:5]
+        )
+        raise ReportError(
+            f"no successful run has metric {key!r} and axes {rows!r}/{cols!r}. {hint}. "
+            "Check --metric (e.g. bleu, rouge_l, train.final_loss) and --rows/--cols."
+        )
+
+    metrics = pd.DataFrame([r.metrics for r in good])
+    scales = {k: 100.0 if is_percent(k, metrics[k].dropna()) else 1.0 for k in sorted(metrics)}
+    axes = pd.DataFrame([r.sweep for r in good]).astype(object)
+    candidates = [a for a in (*SPLIT_AXES, *split) if a in axes and a not in (rows, cols)]
+    by_cell = axes.groupby([rows, cols], sort=False, dropna=False)
+    splitting = [
+        a for a in dict.fromkeys(candidates) if (by_cell[a].nunique(dropna=True) > 1).any()
+    ]
+
+    frame = pd.concat([axes[[rows, cols, *splitting]], metrics * pd.Series(scales)], axis=1)
+    frame["_run"] = range(len(good))
+    sections, mixed = [], []
+    for fixed, part in (
+        frame.groupby(splitting, sort=False, dropna=False) if splitting else [((), frame)]
+    ):
+        fixed = dict(zip(splitting, fixed if isinstance(fixed, tuple) else (fixed,)))
+        cells = {}
+        for (row, col), grp in part.groupby([rows, cols], sort=False, dropna=False):
+            members = [good[i] for i in grp["_run"]]
+            diffs = cell_differences(members)
+            if diffs:
+                where = ", ".join(f"{a}={v}" for a, v in {rows: row, cols: col, **fixed}.items())
+                text = describe_differences(f"cell {where}", diffs)
+                if not allow_mixed:
+                    raise ReportError(
+                        f"{text}. A cell averages seeds only: rerun the odd runs, put the axis in "
+                        "--rows/--cols/--split, or pass --allow-mixed to average anyway "
+                        "(the difference is then listed in the report)."
+                    )
+                mixed.append(text)
+            cells[(row, col)] = _make_cell(row, col, members, grp, key, list(scales))
+        sections.append(
+            Section(
+                fixed=fixed,
+                rows=sorted({rc[0] for rc in cells}, key=lambda v: sort_key(rows, v)),
+                cols=sorted({rc[1] for rc in cells}, key=lambda v: sort_key(cols, v)),
+                cells=cells,
+            )
+        )
+    sections.sort(key=lambda s: [sort_key(a, v) for a, v in s.fixed.items()])
+    return Report(metric, rows, cols, sections, failed, runs, scales, mixed)
+
+
+def _make_cell(
+    row: Any, col: Any, runs: list[Run], grp: pd.DataFrame, key: str, metric_cols: list[str]
+) -> Cell:
+    stats = {}
+    for k in metric_cols:
+        values = grp[k].dropna().to_numpy(float)
+        if values.size:
+            stats[k] = mean_std(values)
+    counts = [r.trainable for r in runs if r.trainable is not None]
+    trainable = Counter(counts).most_common(1)[0][0] if counts else None
+    mean, std = stats[key]
+    return Cell(row, col, runs, mean, std, bootstrap_ci(grp[key].to_numpy(float)), trainable, stats)
+
+
+def default_metric(runs: list[Run]) -> str:
+    """The main_metric most runs declare, else "bleu"."""
+    names = Counter(r.main_metric for r in runs if r.main_metric)
+    return names.most_common(1)[0][0] if names else "bleu"

@@ -1,0 +1,79 @@
+"""The report's command line (python -m lora_jax.report, console script lora-jax-report)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lora_jax.report.aggregate import aggregate, default_metric
+from lora_jax.report.collect import ReportError, collect_runs, collect_wandb_runs
+from lora_jax.report.compare import compare, render_compare
+from lora_jax.report.render import write_report
+
+USAGE = """\
+    python -m lora_jax.report multirun/rank_table/2025-01-01_12-00-00 [--metric bleu] [--out DIR]
+                              [--rows targets --cols r] [--split optim.lr] [--allow-mixed]
+    python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
+    python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lora_jax.report",
+        description="Sweep results -> the rank x target table (Markdown, CSV, LaTeX, plots), "
+        "with mean ± std and a 95%% bootstrap interval over seeds; --compare runs the paired "
+        "bootstrap over test items and seeds.",
+        usage=USAGE,
+    )
+    p.add_argument("multirun_dir", nargs="?", help="Hydra multirun dir (multirun/NAME/STAMP)")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
+    p.add_argument("--group", help="W&B group (the sweep name) to restrict --wandb to")
+    p.add_argument(
+        "--metric",
+        help="main metric (default: the runs' main_metric, else bleu); "
+        "eval metrics by name, others as train.final_loss or validation.loss",
+    )
+    p.add_argument("--out", help="output dir (default: <multirun dir>/report, or ./report)")
+    p.add_argument("--rows", default="targets", help="sweep axis for rows (default: targets)")
+    p.add_argument("--cols", default="r", help="sweep axis for columns (default: r)")
+    p.add_argument("--split", action="append", default=[], metavar="AXIS",
+                   help="also split tables by this sweep axis (repeatable); alpha, scale, "
+                   "scaling, model and task always split")  # fmt: skip
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="average cells whose runs differ beyond the seed (listed in the report) "
+                   "instead of refusing")  # fmt: skip
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help='paired bootstrap of A − B; A, B: "axis=value ..." selecting runs')  # fmt: skip
+    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--compare)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.multirun_dir) == bool(args.wandb):
+        parser.error("give exactly one of: a multirun dir, or --wandb ENTITY/PROJECT")
+    try:
+        runs = (
+            collect_wandb_runs(args.wandb, args.group)
+            if args.wandb
+            else collect_runs(args.multirun_dir)
+        )
+        metric = args.metric or default_metric(runs)
+        if args.compare:
+            result, a, b = compare(runs, *args.compare, metric=metric, n_boot=args.n_boot)
+            print(render_compare(result, *args.compare, metric, a, b))
+            return 0
+        report = aggregate(runs, metric, args.rows, args.cols, args.split, args.allow_mixed)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or (Path(args.multirun_dir) / "report" if args.multirun_dir else Path("report"))
+    paths = write_report(report, out, plots=not args.no_plots)
+    print(paths["report.md"].read_text())
+    print(f"wrote {', '.join(sorted(paths))} to {out}")
+    return 0
