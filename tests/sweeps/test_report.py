@@ -311,3 +311,78 @@ def test_nan_metric_is_excluded_and_listed(tmp_path: Path) -> None:
     cell = report.sections[0].cells[("q", 1)]
     assert cell.n == 2 and cell.mean == pytest.approx(60.0)
     assert [r.name for r in report.failed] == ["run-2"] and "nan" in report.failed[0].error
+
+
+def _set(run_dir: Path, **updates) -> None:
+    res = json.loads((run_dir / "results.json").read_text())
+    for path, value in updates.items():
+        node = res
+        *parents, leaf = path.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    (run_dir / "results.json").write_text(json.dumps(res))
+
+
+def test_cell_with_runs_at_another_lr_is_refused_or_listed(tmp_path: Path, capsys) -> None:
+    """Seeds 0-2 of one cell, seed 2 at another lr (a leaked value): refused, naming the key,
+    the values and the runs; --allow-mixed averages and lists it."""
+    for seed, lr in enumerate([2e-4, 2e-4, 1e-3]):
+        d = _write_run(tmp_path, seed, {"targets": "q,v", "r": 4, "seed": seed},
+                       {"eval": {"bleu": 0.6 + seed / 100}})  # fmt: skip
+        _set(d, config={"lora": {"r": 4}, "optim": {"lr": lr}, "seed": seed, "name": f"n{seed}"})
+    runs = rep.collect_runs(tmp_path)
+    with pytest.raises(
+        rep.ReportError, match=r"optim\.lr: 0\.0002 \(run-0, run-1\); 0\.001 \(run-2\)"
+    ):
+        rep.aggregate(runs, "bleu")
+    assert rep.main([str(tmp_path), "--no-plots", "--out", str(tmp_path / "o")]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    report = rep.aggregate(runs, "bleu", allow_mixed=True)
+    assert report.sections[0].cells[("q,v", 4)].n == 3
+    md = rep.render_markdown(report)
+    assert "differ beyond the seed" in md and "optim.lr" in md and "run-2" in md
+    # seed and run name differ too, as they must: not listed
+    assert "seed:" not in md.split("differ beyond the seed")[1] and "name:" not in md
+
+
+def test_compare_paired_bootstrap_cli(tmp_path: Path, capsys) -> None:
+    """Two configurations x 2 seeds with per-item predictions: --compare prints Δ (A − B) equal
+    to the mean over seeds of sacrebleu's corpus BLEU, its interval and p-value."""
+    import re
+
+    import sacrebleu
+
+    refs = [[f"item {i} has a reference text", f"the reference of item {i}"] for i in range(12)]
+    hyps = {
+        "up,down": [f"item {i} has a reference text" for i in range(12)],
+        "q,k,v,o": [f"item {i} has text" if i % 2 else f"the item {i}" for i in range(12)],
+    }
+    idx, bleu = 0, {}
+    for targets, base in hyps.items():
+        for seed in (0, 1):
+            out = [h if i != seed else h + " extra" for i, h in enumerate(base)]  # seeds differ
+            streams = [[r[j] for r in refs] for j in range(2)]
+            bleu[(targets, seed)] = sacrebleu.corpus_bleu(out, streams).score
+            d = _write_run(tmp_path, idx, {"targets": targets, "r": 2, "seed": seed},
+                           {"eval": {"bleu": 0.5}})  # fmt: skip
+            _set(d, items="items_eval.jsonl")
+            with (d / "items_eval.jsonl").open("w") as f:
+                for h, r in zip(out, refs):
+                    f.write(json.dumps({"hyp": h, "refs": r}) + "\n")
+            idx += 1
+    args = [str(tmp_path), "--compare", "targets=up,down r=2", "targets=q,k,v,o r=2"]
+    assert rep.main([*args, "--n-boot", "2000"]) == 0
+    out = capsys.readouterr().out
+    expected = np.mean([bleu[("up,down", s)] for s in (0, 1)]) - np.mean(
+        [bleu[("q,k,v,o", s)] for s in (0, 1)]
+    )
+    m = re.search(r"Δ = ([-+.\d]+), 95% CI \[([-+.\d]+), ([-+.\d]+)\], p = ([.\d]+)", out)
+    assert m, out
+    delta, lo, hi, p = map(float, m.groups())
+    assert delta == pytest.approx(expected, abs=1e-3)
+    assert 0 < lo < delta < hi and p < 0.01  # A is better on most items
+    assert "paired by seed" in out and "12 test items" in out
+    # a spec that selects nothing names the values present
+    assert rep.main([str(tmp_path), "--compare", "targets=q,v", "targets=up,down"]) == 2
+    assert "selects no successful run" in capsys.readouterr().err
