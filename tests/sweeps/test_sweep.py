@@ -58,7 +58,7 @@ def test_every_run_wrote_results(multirun):
         (r["sweep"]["targets"], r["sweep"]["r"], r["sweep"]["seed"])
         for r in results
         if r["status"] == "ok"
-    } == {(t, r, s) for t in ("q", "qv") for r in (1, 2) for s in (0, 1)}
+    } == {(t, r, s) for t in ("q", "q,v") for r in (1, 2) for s in (0, 1)}
 
 
 def test_report_table_matches_the_runs(multirun, tmp_path):
