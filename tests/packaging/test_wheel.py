@@ -5,6 +5,7 @@ app's config from the installed copy, outside the source checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,15 +15,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_ships_the_config_tree_and_the_installed_app_composes(tmp_path):
+    # Build from a clean copy (setuptools reuses an in-tree build/ dir, stale files included).
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("lora_jax", "conf"):
+        shutil.copytree(ROOT / name, src / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     wheels = tmp_path / "wheels"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("lora_jax-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "lora_jax/report/cli.py" in names and "lora_jax/report.py" not in names
     conf = {
         f"lora_jax/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")
     }
