@@ -113,6 +113,9 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
         console.print(f"loaded adapter from {cfg.adapter}")
     if tcfg.eval_only:
         results["metrics"]["eval"] = evaluate_now(lora, "eval")
+        results["items"] = record.write_items(
+            run_dir, last_hyps[0], [it.references for it in items]
+        )
         _print_metrics(results["metrics"])
         return
 
@@ -167,14 +170,15 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     train_m = results["metrics"]["train"]
     pending: list[dict] = []
     window_tokens, window_t0, last_good, tps_all = 0, None, start, []
-    tokens_seen = int(train_m.get("tokens_seen") or 0) if start else 0
+    # non-padding tokens of the batches trained on (those before a resume point included)
+    tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
     end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
     progress = _progress(tcfg.progress, end - start)
     step = start
     for step in range(start, end):
         batch = batches.batch_at(step)
-        window_tokens += int(batch["attention_mask"].sum())
-        tokens_seen += int(batch["attention_mask"].sum())
+        n_tokens = int(batch["attention_mask"].sum())
+        window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
         lora, opt_state, m = step_fn(lora, opt_state, frozen, batch, jax.random.fold_in(key, step))
         pending.append(m)
         done = step + 1
@@ -253,6 +257,8 @@ def _validation_batches(cfg: DictConfig, task, tok, buckets) -> list[dict]:
     if not n:
         return []
     held_out = task.load("eval")[:n]
+    if not held_out:
+        return []
     encoded = [
         encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task, cfg.task.add_bos)
         for ex in held_out
