@@ -53,7 +53,10 @@ NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logge
 
 
 def package_versions(names: Sequence[str] = KEY_PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``names`` (None when absent), via importlib.metadata."""
+    """Installed versions of ``names`` (None when absent), via importlib.metadata.
+
+    The hook for the environment a run names: ``run_info`` stores this as ``run.packages``;
+    the dependency lock adds its own entry next to it (e.g. ``run.lock``)."""
     out: dict[str, str | None] = {}
     for name in names:
         try:
