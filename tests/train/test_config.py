@@ -1,7 +1,8 @@
 """The paper preset composes with the recipe's values ([R] microsoft/LoRA examples/NLG README,
 gpt2_ft.py, gpt2_beam.py; [P] Hu et al. 2021 Table 11), and every value line of the preset
 carries a citation comment that points at the paper or the original code, never at a file
-outside the repository."""
+outside the repository. Then the table-driven composition checks of every
+experiment and every sweep × experiment."""
 
 from __future__ import annotations
 
