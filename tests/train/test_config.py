@@ -237,3 +237,13 @@ def test_sweep_without_experiment_stops_naming_the_experiments():
     assert "+sweep=rank_table needs an experiment" in message
     for name in EXPERIMENTS:
         assert name in message
+
+
+def test_alpha_is_a_constant_never_tied_to_r():
+    """α defaults to 8 in every lora/ preset whatever r is (PEFT's default; the paper keeps α
+    fixed across r), and `lora.alpha=null` (the old "α = r") fails at composition."""
+    for r in (1, 64):
+        cfg = compose([f"lora.r={r}"])
+        assert cfg.lora.alpha == 8.0 and cfg.name.endswith(f"-r{r}-a8-s0")
+    with pytest.raises(Exception, match="alpha"):
+        compose(["lora.alpha=null"])
