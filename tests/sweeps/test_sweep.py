@@ -33,7 +33,7 @@ def multirun(tmp_path_factory):
         "task.max_len=64", "task.max_train_examples=32", "task.max_eval_items=4",
         "task.decode.max_new_tokens=6", "task.decode.batch_size=4", "trainer.max_steps=3",
         "trainer.log_every=1", "trainer.eval_before=false", "trainer.progress=false",
-        "trainer.batch_size=4", "sweep_name=test", f"hydra.sweep.dir={tmp / 'ms'}",
+        "trainer.batch_size=4", "trainer.val_examples=0", "sweep_name=test", f"hydra.sweep.dir={tmp / 'ms'}",
     ]  # fmt: skip
     ok = _train(*common, "lora=q,qv", "lora.r=1,2", "seed=0,1", cwd=ROOT)
     assert ok.returncode == 0, ok.stderr[-3000:]

@@ -32,6 +32,7 @@ def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
         "trainer.max_steps=12",
         "trainer.log_every=2",
         "optim.warmup_steps=2",
+        "trainer.val_examples=0",  # validation loss: tests/train/test_validation.py, test_wandb_sweeps
         *extra,
     ]
 
