@@ -26,11 +26,11 @@ def test_validation_loss_equals_hand_computation(tiny_e2e_gpt2_dir):
         lora = jax.tree.map(lambda x: x + 0.05, lora)
         rng = np.random.default_rng(0)
         examples = []
-        for n, prompt in [(9, 4), (14, 6), (5, 2), (11, 3), (7, 5)]:
+        for n, prompt in [(9, 4), (14, 6), (5, 2)]:
             ids = rng.integers(1, 500, size=n).tolist()
             examples.append({"input_ids": ids, "loss_mask": [0] * prompt + [1] * (n - prompt)})
         batches = validation_batches(examples, batch_size=2, buckets=[8, 16], pad_id=0)
-        assert len(batches) == 3  # 2 + 2 + 1 (one padding row)
+        assert len(batches) == 2  # 2 + 1 (one padding row), buckets 16 and 8
         got = validation_loss(make_eval_loss(lm.module), lora, lm.params, batches)
 
         forward = jax.jit(lambda ids: lm.module.apply({"params": lm.params, "lora": lora}, ids,
