@@ -14,7 +14,7 @@ from lora_jax.report.render import write_report
 
 USAGE = """\
     python -m lora_jax.report multirun/rank_table/2025-01-01_12-00-00 [--metric bleu] [--out DIR]
-                              [--rows targets --cols r] [--split optim.lr] [--allow-mixed]
+                              [--rows targets --cols r] [--split lr] [--allow-mixed]
     python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
     python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
 """
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lora_jax.report",
         description="Sweep results -> the rank x target table (Markdown, CSV, LaTeX, plots), "
-        "with mean ± std and a 95%% bootstrap interval over seeds; --compare runs the paired "
+        "with mean ± std and a 95% bootstrap interval over seeds; --compare runs the paired "
         "bootstrap over test items and seeds.",
         usage=USAGE,
     )
