@@ -49,7 +49,9 @@ KEY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transform
 NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logger.",
                    "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
                    "trainer.ckpt_keep", "trainer.resume", "trainer.stop_after",
-                   "task.data_dir", "task.data_files", "model.source")  # fmt: skip
+                   "trainer.eval_before", "trainer.eval_every", "trainer.val_examples",
+                   "task.decode.batch_size", "task.data_dir", "task.data_files",
+                   "model.source")  # fmt: skip
 
 
 def package_versions(names: Sequence[str] = KEY_PACKAGES) -> dict[str, str | None]:
