@@ -25,7 +25,6 @@ key lookups elsewhere).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import platform
 import subprocess
@@ -37,13 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import lora_jax
+from lora_jax.env_info import package_versions
 
 SCHEMA = 2
 RESULTS = "results.json"
 ITEMS = "items_eval.jsonl"  # one {"hyp": str, "refs": [str, ...]} per eval item, in item order
-# Distribution names whose versions every record carries (hook: the lock file adds its hash).
-KEY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers",
-                "datasets", "hydra-core", "numpy")  # fmt: skip
 # Config keys that do not change what a run computes: ignored when the report checks that the
 # runs of one cell differ only in their seed.
 NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logger.",
@@ -52,20 +49,6 @@ NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logge
                    "trainer.eval_before", "trainer.eval_every", "trainer.val_examples",
                    "task.decode.batch_size", "task.data_dir", "task.data_files",
                    "model.source")  # fmt: skip
-
-
-def package_versions(names: Sequence[str] = KEY_PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``names`` (None when absent), via importlib.metadata.
-
-    The hook for the environment a run names: ``run_info`` stores this as ``run.packages``;
-    the dependency lock adds its own entry next to it (e.g. ``run.lock``)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def run_info(name: str, run_dir: Path) -> dict[str, Any]:
@@ -82,6 +65,8 @@ def run_info(name: str, run_dir: Path) -> dict[str, Any]:
         "platform": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "lora_jax_version": lora_jax.__version__,
+        # the environment: every distribution of lora-jax's dependency closure (make setup
+        # installs them from requirements.lock)
         "packages": package_versions(),
     }
 

@@ -14,7 +14,8 @@ import pytest
 def test_validation_loss_equals_hand_computation(tiny_e2e_gpt2_dir):
     from lora_jax.lora import LoraConfig
     from lora_jax.lora import init as lora_init
-    from lora_jax.models.registry import load_model, lora_modules
+    from lora_jax.models.pretrained import load_model
+    from lora_jax.models.registry import lora_modules
     from lora_jax.step import make_eval_loss
     from lora_jax.validation import validation_batches, validation_loss
 
