@@ -1,0 +1,262 @@
+"""LoRA trees to and from Hugging Face PEFT adapters (``adapter_config.json`` +
+``adapter_model.safetensors``), so an adapter trained here loads with
+``peft.PeftModel.from_pretrained`` and one trained with PEFT loads here.
+
+Layouts. Ours: ``a: [in, r]``, ``b: [r, out_block]``, ``ΔW_kernel = s·a·b`` on an ``[in, out]``
+kernel. PEFT's: ``lora_A.weight: [r, in]``, ``lora_B.weight: [out, r]``, forward
+``x·Aᵀ·Bᵀ·s`` (peft/tuners/lora/layer.py ``Linear.forward``), the same for ``nn.Linear`` and,
+with ``fan_in_fan_out=True``, GPT-2's ``Conv1D`` (only the merged weight is transposed there).
+So ``lora_A = aᵀ`` and ``lora_B = bᵀ`` for every module, and PEFT's scale is
+``lora_alpha / r`` (``use_rslora``: ``/ √r``), from which each module's alpha is recovered.
+
+GPT-2's fused ``c_attn``. We adapt its q, k, v column blocks separately (the original code's
+``MergedLinear``); PEFT holds one adapter per module. The exact equivalent is one ``c_attn``
+adapter of rank ``R = Σ r_block`` whose A stacks the blocks' A rows and whose B is block
+diagonal (zero rows for a block without an adapter, e.g. k in the paper's q,v setting), with
+``lora_alpha`` chosen so that PEFT's scale equals ours (for q,v at equal r: rank 2r and α
+doubled). The adapter folder's README.md and ``lora_jax_export.json`` say so; importing such an
+adapter splits it back into blocks (dropping the zero columns, so the ranks round-trip).
+
+Module names come from :func:`lora_jax.models.convert.hf_name` (the mapping used to load
+checkpoints), so they cannot drift from the model code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_jax.lora.params import iter_adapters
+from lora_jax.lora.targeting import _suffix_match
+from lora_jax.models.config import ModelConfig
+from lora_jax.models.convert import hf_name, param_shapes
+from lora_jax.models.registry import lora_modules
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+SIDECAR_NAME = "lora_jax_export.json"
+PREFIX = "base_model.model."  # PeftModelForCausalLM -> LoraModel -> the transformers model
+_LAYER = re.compile(r"^(?:h|layers)_\d+$")
+
+
+def module_name(path: tuple[str, ...], cfg: ModelConfig) -> str:
+    """Our module scope ("layers_3", "self_attn", "q_proj") -> transformers' module name
+    ("model.layers.3.self_attn.q_proj"), via the loader's name mapping."""
+    return hf_name((*path, "kernel"), cfg)[0].removesuffix(".weight")
+
+
+def _suffix(path: tuple[str, ...]) -> str:
+    """The module path after the layer scope: ("h_0", "attn", "c_attn") -> "attn.c_attn"."""
+    i = next(k for k, seg in enumerate(path) if _LAYER.match(seg))
+    return ".".join(path[i + 1 :])
+
+
+def _alpha(scale: float, r: int, rslora: bool) -> float:
+    return float(scale * (math.sqrt(r) if rslora else r))
+
+
+def to_peft(
+    lora: Mapping[str, Any], cfg: ModelConfig, use_rslora: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, float]], dict[str, Any]]:
+    """LoRA tree -> (PEFT state dict, {module name: (r, alpha)}, fused-module notes).
+
+    State dict keys ``base_model.model.<module>.lora_{A,B}.weight``; A ``[r, in]``, B
+    ``[out, r]`` float32. ``use_rslora`` states how PEFT should turn alpha into the scale (any
+    scale is exported exactly either way; it only changes the alpha values written).
+    """
+    modules = lora_modules(cfg)
+    by_module: dict[tuple[str, ...], dict[str, Any]] = {}
+    for path, name, ad in iter_adapters(lora):
+        by_module.setdefault(path, {})[name] = ad
+    state: dict[str, np.ndarray] = {}
+    ranks: dict[str, tuple[int, float]] = {}
+    fused: dict[str, Any] = {}
+    for path, ads in by_module.items():
+        blocks = modules[_suffix(path)]
+        name = module_name(path, cfg)
+        present = [b for b in blocks if b in ads]
+        a_s = [np.asarray(ads[b]["a"], np.float32) for b in present]
+        b_s = [np.asarray(ads[b]["b"], np.float32) for b in present]
+        s_s = [float(np.asarray(ads[b]["scale"])) for b in present]
+        big_s = s_s[0]
+        if len(blocks) == 1:
+            a_t, b_t, r = a_s[0].T, b_s[0].T, a_s[0].shape[1]
+        else:  # fused kernel: one block-structured adapter of rank Σ r_block
+            width = b_s[0].shape[1]
+            r = sum(a.shape[1] for a in a_s)
+            a_t = np.concatenate([a.T for a in a_s], 0)
+            b_t = np.zeros((width * len(blocks), r), np.float32)
+            col, layout = 0, {}
+            for blk, a, b, s in zip(present, a_s, b_s, s_s):
+                k, row = a.shape[1], blocks.index(blk) * width
+                b_t[row : row + width, col : col + k] = b.T * (s / big_s)
+                layout[blk] = {"rows": [row, row + width], "rank_cols": [col, col + k], "r": k}
+                col += k
+            fused[name] = {
+                "blocks": layout,
+                "zero_blocks": [b for b in blocks if b not in ads],
+                "note": (
+                    f"lora-jax adapts the column blocks {present} of this fused kernel separately; "
+                    f"exported as one rank-{r} adapter (A stacks the blocks' A, B is block "
+                    f"structured with zeros elsewhere) with lora_alpha set so that PEFT's scale "
+                    f"equals lora-jax's ({big_s:g}): the exact same ΔW"
+                ),
+            }
+        state[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_t)
+        state[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_t)
+        ranks[name] = (r, _alpha(big_s, r, use_rslora))
+    return state, ranks, fused
+
+
+def peft_config(
+    ranks: Mapping[str, tuple[int, float]],
+    cfg: ModelConfig,
+    use_rslora: bool = False,
+    base_model_name_or_path: str | None = None,
+) -> dict[str, Any]:
+    """``adapter_config.json`` for these modules: the most common (r, alpha) as ``r`` /
+    ``lora_alpha``, the rest through ``rank_pattern`` / ``alpha_pattern`` keyed by the exact
+    module name (PEFT matches a pattern on a ``.``-bounded suffix); target_modules by suffix
+    (``self_attn.q_proj``) when every layer has it, else by full module name."""
+    r0 = Counter(r for r, _ in ranks.values()).most_common(1)[0][0]
+    a0 = Counter(a for _, a in ranks.values()).most_common(1)[0][0]
+    rank_pattern = {re.escape(n): r for n, (r, _) in ranks.items() if r != r0}
+    alpha_pattern = {re.escape(n): a for n, (_, a) in ranks.items() if a != a0}
+    per_suffix: dict[str, list[str]] = {}
+    for n in ranks:
+        m = re.match(r"^.*?\.(?:h|layers)\.\d+\.(.+)$", n)
+        per_suffix.setdefault(m[1] if m else n, []).append(n)
+    targets: list[str] = []
+    for suffix, names in sorted(per_suffix.items()):
+        targets += [suffix] if len(names) == cfg.num_layers else sorted(names)
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r0,
+        "lora_alpha": a0,
+        "target_modules": targets,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "use_rslora": use_rslora,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": cfg.family == "gpt2",  # GPT-2's Conv1D stores [in, out]
+        "init_lora_weights": True,
+        "use_dora": False,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
+
+
+def save_peft(
+    lora: Mapping[str, Any],
+    cfg: ModelConfig,
+    out_dir: str | Path,
+    use_rslora: bool = False,
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md and
+    ``lora_jax_export.json`` describing fused modules) to ``out_dir``; returns it."""
+    from safetensors.numpy import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state, ranks, fused = to_peft(lora, cfg, use_rslora)
+    config = peft_config(ranks, cfg, use_rslora, base_model_name_or_path)
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out / SIDECAR_NAME).write_text(json.dumps({"fused_modules": fused}, indent=2) + "\n")
+    notes = "".join(f"- `{n}`: {f['note']}.\n" for n, f in fused.items())
+    (out / "README.md").write_text(
+        "# LoRA adapter exported by lora-jax\n\n"
+        "Load with `peft.PeftModel.from_pretrained(base_model, this_folder)`.\n"
+        + (f"\n## Fused modules\n\n{notes}" if notes else "")
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _module_paths(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """transformers module name -> our module scope, for every kernel of the model."""
+    return {module_name(p[:-1], cfg): p[:-1] for p in param_shapes(cfg) if p[-1] == "kernel"}
+
+
+def _pattern(patterns: Mapping[str, Any], name: str) -> Any:
+    for key, value in patterns.items():
+        if _suffix_match(key, name):  # PEFT's get_pattern_key rule: (.*\.)?(key)$
+            return value
+    return None
+
+
+def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
+    """A PEFT LoRA adapter folder -> our LoRA tree (float32) for a model with config ``cfg``.
+
+    Fused kernels (GPT-2 ``c_attn``) are split into their q, k, v blocks; a block whose B rows
+    are all zero gets no adapter, and the A rows whose B columns are zero within a block are
+    dropped (exact: they add nothing to that block's ΔW).
+    """
+    from safetensors.numpy import load_file
+
+    folder = Path(adapter_dir)
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a PEFT adapter folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(what `PeftModel.save_pretrained` writes)"
+        )
+    pc = json.loads((folder / CONFIG_NAME).read_text())
+    if pc.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{folder} holds a {pc['peft_type']} adapter; only LORA is supported")
+    for key, bad in (("use_dora", True), ("bias", "all"), ("bias", "lora_only")):
+        if pc.get(key) == bad:
+            raise ValueError(f"{folder}: {key}={bad!r} is not supported by lora-jax's LoRA layer")
+    if pc.get("modules_to_save"):
+        raise ValueError(
+            f"{folder} also trains full modules ({pc['modules_to_save']}); lora-jax imports "
+            "LoRA factors only"
+        )
+    state = load_file(str(folder / WEIGHTS_NAME))
+    paths, modules = _module_paths(cfg), lora_modules(cfg)
+    rslora = bool(pc.get("use_rslora"))
+    tree: dict = {}
+    for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
+        name = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
+        name = re.sub(r"\.default$", "", name)
+        if name not in paths:
+            raise ValueError(
+                f"adapter tensor {key!r} targets {name!r}, which is not a LoRA-adaptable "
+                f"{cfg.model_type} module (known e.g.: {sorted(paths)[:4]}...)"
+            )
+        a = np.asarray(state[key], np.float32)  # [R, in]
+        b = np.asarray(state[key.replace(".lora_A.", ".lora_B.")], np.float32)  # [out, R]
+        r = a.shape[0]
+        alpha = _pattern(pc.get("alpha_pattern") or {}, name) or pc.get("lora_alpha", 8)
+        scale = np.float32(alpha / (math.sqrt(r) if rslora else r))
+        path = paths[name]
+        blocks = modules[_suffix(path)]
+        width = b.shape[0] // len(blocks)
+        node = tree
+        for seg in path:
+            node = node.setdefault(seg, {})
+        for i, blk in enumerate(blocks):
+            b_blk = b[i * width : (i + 1) * width].T  # [R, width]
+            keep = np.any(b_blk != 0, axis=1) if len(blocks) > 1 else np.ones(r, bool)
+            if not keep.any():
+                continue
+            node[blk] = {
+                "a": np.ascontiguousarray(a.T[:, keep]),
+                "b": np.ascontiguousarray(b_blk[keep]),
+                "scale": scale,
+            }
+    if not tree:
+        raise ValueError(f"{folder}/{WEIGHTS_NAME} holds no lora_A/lora_B tensors")
+    return tree
