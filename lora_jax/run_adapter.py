@@ -56,8 +56,13 @@ def lora_config_of(cfg: dict[str, Any]) -> LoraConfig:
     return LoraConfig.from_dict(lora | {"seed": cfg.get("seed", 0)})
 
 
-def load_run_adapter(run_dir: str | Path, step: int | None = None) -> RunAdapter:
-    """Config, base model (fp32) and trained LoRA tree of a run (its latest checkpoint)."""
+def load_run_adapter(
+    run_dir: str | Path,
+    step: int | None = None,
+    base: tuple[LoadedModel, dict[str, Any]] | None = None,
+) -> RunAdapter:
+    """Config, base model (fp32) and trained LoRA tree of a run (its latest checkpoint).
+    ``base``: an already loaded ``load_base(source)`` to reuse across runs of one model."""
     from lora_jax.checkpoint import load_adapter
 
     run_dir = Path(run_dir)
@@ -68,7 +73,7 @@ def load_run_adapter(run_dir: str | Path, step: int | None = None) -> RunAdapter
             f"{run_dir} has no checkpoints/ folder; the run did not save its adapter "
             "(train with trainer.ckpt_every, or let the run finish)"
         )
-    lm, hf_config = load_base(cfg["model"]["source"])
+    lm, hf_config = base or load_base(cfg["model"]["source"])
     lcfg = lora_config_of(cfg)
     template, targets = lora_init(jax.random.PRNGKey(0), lm.params, lcfg, lora_modules(lm.config))
     lora = load_adapter(ckpt, template, step)

@@ -1,0 +1,114 @@
+"""The run-directory tools: ``python -m lora_jax.analyze`` and ``python -m lora_jax.export`` on
+run folders (results.json + checkpoints/) of the tiny GPT-2, their outputs checked against the
+library functions applied to the same LoRA trees."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from lora_jax import analysis as an
+from lora_jax.checkpoint import Checkpointer
+from lora_jax.lora import LoraConfig
+from lora_jax.lora import init as lora_init
+from lora_jax.models.registry import load_model, lora_modules
+from tests.train.app import compose, tiny_overrides
+
+
+def fake_run(root: Path, model_dir: Path, r: int, seed: int) -> tuple[Path, dict]:
+    """A run folder as lora_jax.train leaves it (config in results.json, orbax checkpoint),
+    holding a q,v adapter with random non-zero B."""
+    run_dir = root / f"r{r}_s{seed}"
+    cfg = compose(tiny_overrides(model_dir, f"lora.r={r}", "lora.alpha=16", f"seed={seed}"))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"status": "ok", "config": resolved}))
+    lm = load_model(str(model_dir))
+    lcfg = LoraConfig(r=r, alpha=16, targets="qv")
+    tree, _ = lora_init(jax.random.PRNGKey(seed), lm.params, lcfg, lora_modules(lm.config))
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed + 7), 100))
+    tree = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.random.normal(next(keys), x.shape) if p[-1].key == "b" else x, tree
+    )
+    ck = Checkpointer(run_dir / "checkpoints")
+    ck.save(3, tree, {"count": np.zeros((), np.int32)})
+    ck.close()
+    return run_dir, tree
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_e2e_gpt2_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return [fake_run(root, tiny_e2e_gpt2_dir, r, s) for r, s in ((8, 0), (2, 1))]
+
+
+def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path):
+    from lora_jax.analyze import main
+
+    (d8, t8), (d2, t2) = runs
+    out = main([str(d8), str(d2), "--out", str(tmp_path / "a"), "--logger", "none"])
+    pair = "r2-s1_vs_r8-s0"  # the lower rank first, as the paper's Fig. 3 (i ≤ 8, j ≤ 64)
+    assert (out / f"phi_{pair}.png").stat().st_size > 10_000
+    assert (out / "phi_by_layer.png").is_file()
+
+    expected = an.compare(an.delta_blocks(t2), an.delta_blocks(t8))
+    summary = {(r["key"]): r for r in _read(out / "phi_summary.csv")}
+    assert set(summary) == set(expected) == {f"h.{i}.attn.c_attn.{m}" for i in (0, 1) for m in "qv"}
+    for key, grid in expected.items():
+        assert grid.shape == (2, 8)
+        assert float(summary[key]["phi_1_1"]) == pytest.approx(grid[0, 0], rel=1e-4)
+        assert float(summary[key]["phi_mean"]) == pytest.approx(grid.mean(), rel=1e-4)
+    assert len(_read(out / "phi_grid.csv")) == 4 * 2 * 8  # both layers shown, q and v
+
+    amp = [r for r in _read(out / "amplification.csv") if r["run"] == "r8-s0"]
+    blocks = {b.key: b for b in an.delta_blocks(t8)}
+    assert len(amp) == 4
+    for row in amp:
+        b = blocks[row["key"]]
+        assert float(row["delta_fro"]) == pytest.approx(np.linalg.norm(b.delta), rel=1e-4)
+        assert float(row["factor"]) == pytest.approx(
+            float(row["delta_fro"]) / float(row["proj_delta"]), rel=1e-3
+        )
+        assert float(row["proj_w"]) >= float(row["proj_delta"]) - 1e-6  # W's own are the max
+    mods = _read(out / "modules.csv")
+    assert {(m["run"], m["r"]) for m in mods} == {("r8-s0", "8"), ("r2-s1", "2")}
+
+
+def test_export_cli_peft_roundtrip_and_merged(runs, tiny_e2e_gpt2_dir, tmp_path):
+    from lora_jax.export import load_peft
+    from lora_jax.export.__main__ import main
+
+    d8, t8 = runs[0]
+    out = main([str(d8), "--format", "peft", "--out", str(tmp_path / "p")])
+    lm = load_model(str(tiny_e2e_gpt2_dir))
+    back = load_peft(out, lm.config)
+    for (p1, x), (p2, y) in zip(
+        jax.tree_util.tree_leaves_with_path(t8), jax.tree_util.tree_leaves_with_path(back)
+    ):
+        assert p1 == p2
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-6, atol=1e-7)
+    merged = main([str(d8), "--format", "merged-hf", "--out", str(tmp_path / "m")])
+    lm2 = load_model(str(merged))
+    ids = np.arange(10, dtype=np.int32)[None]
+    with jax.default_matmul_precision("highest"):
+        want = lm.module.apply({"params": lm.params, "lora": t8}, ids)[0]
+        got = lm2.module.apply({"params": lm2.params}, ids)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-4)
+
+
+def test_not_a_run_dir_is_named(tmp_path):
+    from lora_jax.analyze import main
+
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        main([str(tmp_path), "--out", str(tmp_path / "a")])
