@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest_gguf import smollm2_gguf  # noqa: F401
 
 from lora_jax.export import load_peft, save_merged_hf, save_peft
 from lora_jax.lora import LoraConfig
@@ -168,3 +169,28 @@ def test_import_errors_name_the_problem(tiny_llama_dir, tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="use_dora"):
         load_peft(tmp_path, lm.config)
+
+
+@pytest.mark.slow
+def test_real_smollm2_adapter_in_peft(smollm2_gguf, tmp_path):  # noqa: F811
+    """The real SmolLM2-135M (GGUF, dequantized to fp32 on both sides): a q,v adapter exported
+    here and loaded by PEFT onto transformers' GGUF model gives our logits (one forward)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm = load_model(str(smollm2_gguf))
+    lora = trained_like(lm, LoraConfig(r=8, alpha=16, targets="qv"))
+    ids = np.asarray([lm.tokenizer.encode("name[The Eagle] food[French] area[riverside]")])
+    ref = AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32,
+        attn_implementation="eager",
+    ).eval()  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_smollm2.py: contention made torch's pool 10x slower
+    try:
+        out = save_peft(lora, lm.config, tmp_path / "adapter")
+        got = torch_logits(PeftModel.from_pretrained(ref, out).eval(), ids)
+    finally:
+        torch.set_num_threads(threads)
+    assert_close_and_moved(got, ours_logits(lm, lora, ids), ours_logits(lm, None, ids))
