@@ -196,10 +196,12 @@ def phi_outputs(runs: list[dict], out: Path) -> tuple[list, list, list[Path]]:
     return summary, grid_rows, figs
 
 
-def upload(project: str, mode: str, out: Path, tables: dict[str, Path], figs: list[Path]) -> None:
+def upload(
+    project: str | None, mode: str | None, out: Path, tables: dict[str, Path], figs: list[Path]
+) -> None:
     import wandb
 
-    run = wandb.init(project=project, job_type="analysis", mode=mode, dir=str(out))
+    run = wandb.init(project=project or "lora-jax", job_type="analysis", mode=mode, dir=str(out))
     for name, path in tables.items():
         with path.open() as f:
             rows = list(csv.reader(f))
@@ -239,8 +241,10 @@ def main(argv: list[str] | None = None) -> Path:
     logger_cfg = runs[0]["config"].get("logger") or {}
     logger = args.logger or logger_cfg.get("name", "none")
     if logger == "wandb":
-        upload(logger_cfg.get("project", "lora-jax"), logger_cfg.get("mode", "online"), out,
-               tables, figs)  # fmt: skip
+        # the run's own W&B project and mode; else wandb's defaults (WANDB_PROJECT, WANDB_MODE)
+        own = logger_cfg.get("name") == "wandb"
+        upload(logger_cfg["project"] if own else None, logger_cfg["mode"] if own else None,
+               out, tables, figs)  # fmt: skip
     print(f"wrote {len(tables) + bool(summary)} CSV files and {len(figs)} figures to {out}")
     return out
 

@@ -112,3 +112,14 @@ def test_not_a_run_dir_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         main([str(tmp_path), "--out", str(tmp_path / "a")])
+
+
+def test_analyze_uploads_to_wandb_when_asked(runs, tmp_path, monkeypatch):
+    from lora_jax.analyze import main
+
+    for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_API_KEY": "",
+                 "WANDB_DISABLE_CODE": "true"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    out = main([str(runs[0][0]), str(runs[1][0]), "--out", str(tmp_path), "--logger", "wandb"])
+    logged = list((out / "wandb").glob("offline-run-*/files/media/images/*.png"))
+    assert {p.name.split("_")[0] for p in logged} >= {"phi"}, logged
