@@ -166,7 +166,9 @@ def plot_phi_by_layer(summary: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def phi_outputs(runs: list[dict], out: Path) -> tuple[list, list, list[Path]]:
+def phi_outputs(runs: list[dict], out: Path, grid_max: int = 64) -> tuple[list, list, list[Path]]:
+    """φ for every pair of runs; ``phi_grid.csv`` rows keep i, j ≤ ``grid_max`` (the PNGs show
+    the full grids)."""
     summary, grid_rows, figs = [], [], []
     for r1, r2 in itertools.combinations(runs, 2):
         if r1["blocks"][0].rank > r2["blocks"][0].rank:
@@ -183,9 +185,9 @@ def phi_outputs(runs: list[dict], out: Path) -> tuple[list, list, list[Path]]:
                             "r1": g.shape[0], "r2": g.shape[1], "phi_1_1": float(g[0, 0]),
                             "phi_k_k": float(g[k - 1, k - 1]), "phi_mean": float(g.mean())})  # fmt: skip
             if b.layer in layers:
-                for (i, j), v in np.ndenumerate(g):
+                for (i, j), v in np.ndenumerate(g[:grid_max, :grid_max]):
                     grid_rows.append({"pair": pair, "layer": b.layer, "module": b.module,
-                                      "i": i + 1, "j": j + 1, "phi": float(v)})  # fmt: skip
+                                      "i": i + 1, "j": j + 1, "phi": round(float(v), 5)})  # fmt: skip
         title = (
             f"φ between ΔW's top right-singular directions: {r1['label']} (i) vs {r2['label']} (j)"
         )
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--logger", choices=("none", "wandb"), default=None,
                    help="upload to W&B (default: what the first run used)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--grid-max", type=int, default=64, help="phi_grid.csv keeps i, j <= this")
     args = p.parse_args(argv)
 
     out = Path(args.out or Path(args.run_dirs[0]) / "analysis")
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
             out / "amplification_summary.csv", summarise(amp, ("run", "module", "r"), cols)
         ),
     }
-    summary, grid_rows, figs = phi_outputs(runs, out)
+    summary, grid_rows, figs = phi_outputs(runs, out, args.grid_max)
     if summary:
         tables["phi_summary"] = _write_csv(out / "phi_summary.csv", summary)
         _write_csv(out / "phi_grid.csv", grid_rows)
