@@ -48,6 +48,19 @@ class Block:
     path: tuple[str, ...]
     rank: int
     delta: np.ndarray
+    u: np.ndarray  # [d_out, r] left-singular vectors of delta (descending σ)
+    s: np.ndarray  # [r] singular values
+    v: np.ndarray  # [d_in, r] right-singular vectors (input-space directions)
+
+
+def factor_svd(a: np.ndarray, b: np.ndarray, scale: float) -> tuple[np.ndarray, ...]:
+    """Thin SVD of ΔW = s·(a·b)ᵀ ``[d_out, d_in]`` from its factors ``a: [in, r]``,
+    ``b: [r, out]`` in O((in + out)·r²): with a = Q_a R_a and bᵀ = Q_b R_b, ΔW = Q_b (s·R_b R_aᵀ)
+    Q_aᵀ, so only the r×r core is decomposed. Returns (u [d_out, r], σ [r], v [d_in, r])."""
+    qa, ra = np.linalg.qr(a)
+    qb, rb = np.linalg.qr(b.T)
+    uc, sc, vct = np.linalg.svd(scale * rb @ ra.T)
+    return qb @ uc, sc, qa @ vct.T
 
 
 def delta_blocks(lora: Mapping[str, Any]) -> list[Block]:
@@ -56,9 +69,11 @@ def delta_blocks(lora: Mapping[str, Any]) -> list[Block]:
     for path, name, ad in iter_adapters(lora):
         a = np.asarray(ad["a"], np.float64)
         b = np.asarray(ad["b"], np.float64)
-        d = float(np.asarray(ad["scale"])) * (a @ b).T
+        scale = float(np.asarray(ad["scale"]))
         layer = next((int(m[1]) for p in path if (m := _LAYER.match(p))), -1)
-        out.append(Block(f"{module_id(path)}.{name}", layer, name, path, a.shape[1], d))
+        u, s, v = factor_svd(a, b, scale)
+        key = f"{module_id(path)}.{name}"
+        out.append(Block(key, layer, name, path, a.shape[1], scale * (a @ b).T, u, s, v))
     return out
 
 
@@ -117,17 +132,23 @@ def random_orthonormal(d: int, r: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def amplification(
-    w: np.ndarray, delta: np.ndarray, r: int, rng: np.random.Generator | None = None
+    w: np.ndarray,
+    delta: np.ndarray,
+    r: int,
+    rng: np.random.Generator | None = None,
+    delta_dirs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """[P §7.3, Table 7] for ``w, delta: [d_out, d_in]`` and the adapter rank ``r``.
 
     Returns ``delta_fro`` ‖ΔW‖_F, ``w_fro`` ‖W‖_F, ``proj_delta`` / ``proj_w`` / ``proj_random``
     = ‖Uᵀ W V‖_F with U, V the top-r singular directions of ΔW / of W / random ones, and
-    ``factor`` = ‖ΔW‖_F / proj_delta (the paper's amplification factor).
+    ``factor`` = ‖ΔW‖_F / proj_delta (the paper's amplification factor). ``delta_dirs``: ΔW's
+    top-r (u, v) if already known (:class:`Block`), else from an SVD of ``delta``.
     """
     rng = rng or np.random.default_rng(0)
     r = min(r, *delta.shape)
-    u_d, v_d = top_singular_pair(delta, r)
+    u_d, v_d = delta_dirs if delta_dirs is not None else top_singular_pair(delta, r)
+    u_d, v_d = u_d[:, :r], v_d[:, :r]
     u_w, v_w = top_singular_pair(w, r)
     u_r = random_orthonormal(w.shape[0], r, rng)
     v_r = random_orthonormal(w.shape[1], r, rng)
@@ -157,7 +178,7 @@ def effective_rank(s: np.ndarray) -> float:
 
 def module_stats(block: Block) -> dict[str, Any]:
     """``‖ΔW‖_F``, the top-r singular values and the effective rank of one block's ΔW."""
-    s = np.linalg.svd(block.delta, compute_uv=False)[: block.rank]
+    s = block.s
     return {
         "key": block.key,
         "layer": block.layer,
@@ -182,5 +203,5 @@ def compare(blocks1: list[Block], blocks2: list[Block]) -> dict[str, np.ndarray]
     out = {}
     for b1 in shared:
         b2 = by_key[b1.key]
-        out[b1.key] = phi_grid(right_singular(b1.delta, b1.rank), right_singular(b2.delta, b2.rank))
+        out[b1.key] = phi_grid(b1.v, b2.v)
     return out

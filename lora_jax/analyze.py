@@ -90,7 +90,7 @@ def amplification_rows(runs: list[dict], seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         for b in run["blocks"]:
-            amp = an.amplification(run["weights"][b.key], b.delta, b.rank, rng)
+            amp = an.amplification(run["weights"][b.key], b.delta, b.rank, rng, (b.u, b.v))
             rows.append({"run": run["label"], "key": b.key, "layer": b.layer,
                          "module": b.module, **amp})  # fmt: skip
     return rows

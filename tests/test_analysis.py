@@ -139,3 +139,14 @@ def test_effective_rank_and_module_stats():
     np.testing.assert_allclose(st["singular_values"], sv[:4], rtol=1e-10)
     assert st["delta_fro"] == pytest.approx(np.sqrt(np.sum(sv**2)), rel=1e-10)
     assert 1.0 < st["effective_rank"] < 4.0
+
+
+def test_factor_svd_matches_svd_of_delta():
+    ad = _adapter(20, 14, 5, 21, scale=1.5)
+    (blk,) = an.delta_blocks({"layers_0": {"self_attn": {"v_proj": {"v": ad}}}})
+    u, s, vt = np.linalg.svd(blk.delta, full_matrices=False)
+    np.testing.assert_allclose(blk.s, s[:5], rtol=1e-10)
+    np.testing.assert_allclose(blk.u @ np.diag(blk.s) @ blk.v.T, blk.delta, atol=1e-10)
+    for k in range(5):  # same directions up to sign
+        assert abs(blk.v[:, k] @ vt[k]) == pytest.approx(1.0, abs=1e-8)
+        assert abs(blk.u[:, k] @ u[:, k]) == pytest.approx(1.0, abs=1e-8)
