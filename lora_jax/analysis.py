@@ -190,9 +190,16 @@ def module_stats(block: Block) -> dict[str, Any]:
     }
 
 
-def compare(blocks1: list[Block], blocks2: list[Block]) -> dict[str, np.ndarray]:
+def compare(
+    blocks1: list[Block], blocks2: list[Block], side: str = "right"
+) -> dict[str, np.ndarray]:
     """φ grids ``[r₁, r₂]`` between the ΔW right-singular directions of the blocks two adapters
-    share (matched by key), e.g. r=8 vs r=64 [P Fig. 3] or two seeds [P Fig. 4]."""
+    share (matched by key), e.g. r=8 vs r=64 [P Fig. 3] or two seeds [P Fig. 4].
+    ``side="left"``: the output-space directions instead (those B spans; B starts at zero, so
+    after a short run they hold what training learned while A may still be near its random
+    init)."""
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' (input space, the paper's) or 'left'; got {side!r}")
     by_key = {b.key: b for b in blocks2}
     shared = [b for b in blocks1 if b.key in by_key]
     if not shared:
@@ -203,5 +210,5 @@ def compare(blocks1: list[Block], blocks2: list[Block]) -> dict[str, np.ndarray]
     out = {}
     for b1 in shared:
         b2 = by_key[b1.key]
-        out[b1.key] = phi_grid(b1.v, b2.v)
+        out[b1.key] = phi_grid(b1.v, b2.v) if side == "right" else phi_grid(b1.u, b2.u)
     return out

@@ -2,14 +2,15 @@
 trained runs (lora_jax/analysis.py for the definitions).
 
 Writes to ``DIR``:
-- ``modules.csv``: per run × layer × module, ‖ΔW‖_F, effective rank, top singular values;
+- ``modules.csv``: per run × layer × module, ‖ΔW‖_F, effective rank, top singular values and
+  ``a_moved`` = ‖A − A₀‖_F / ‖A₀‖_F (how far training moved A from its random init);
 - ``amplification.csv`` [P §7.3, Table 7]: ‖W‖_F, ‖ΔW‖_F, ‖UᵀWV‖_F for ΔW's / W's / random
   top-r directions and the factor ‖ΔW‖_F / ‖UᵀWV‖_F; ``amplification_summary.csv``: means per
   run × module;
 - for every pair of runs (the lower rank first): ``phi_<a>_vs_<b>.png``, heatmaps of
   φ(i, j) for four layers × each module, like [P Fig. 3/4]; ``phi_grid.csv`` (those layers'
-  full grids); ``phi_summary.csv`` (per layer × module: φ(1,1), φ at (min r, min r), grid mean)
-  and ``phi_by_layer.png`` (φ(1,1) per layer);
+  full grids); ``phi_summary.csv`` (per layer × module: φ(1,1), φ at (min r, min r), grid mean,
+  and the same for the output-space directions, ``phi_out_*``) and ``phi_by_layer.png``;
 and uploads the figures and tables to W&B when ``--logger wandb`` (default: the first run's
 logger).
 """
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from lora_jax import analysis as an
+from lora_jax.lora.params import iter_adapters
+from lora_jax.lora.targeting import module_id
 
 
 def run_label(cfg: dict[str, Any], run_dir: Path) -> str:
@@ -62,12 +65,17 @@ def analyse_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
         ra = load_run_adapter(d, base=bases[src])
         modules = lora_modules(ra.model.config)
         blocks = an.delta_blocks(ra.lora)
+        a0 = {
+            f"{module_id(p)}.{n}": np.asarray(ad["a"]) for p, n, ad in iter_adapters(ra.init_lora)
+        }
+        a1 = {f"{module_id(p)}.{n}": np.asarray(ad["a"]) for p, n, ad in iter_adapters(ra.lora)}
+        moved = {k: float(np.linalg.norm(a1[k] - a0[k]) / np.linalg.norm(a0[k])) for k in a0}
         weights = {}
         for b in blocks:
             names = next(v for k, v in modules.items() if ".".join(b.path).endswith(k))
             weights[b.key] = an.base_block(ra.model.params, b, len(names), names.index(b.module))
         runs.append({"label": run_label(cfg, d), "dir": d, "config": cfg, "blocks": blocks,
-                     "weights": weights, "num_layers": ra.model.config.num_layers})  # fmt: skip
+                     "weights": weights, "a_moved": moved, "num_layers": ra.model.config.num_layers})  # fmt: skip
     labels = [r["label"] for r in runs]
     if len(set(labels)) < len(labels):  # same r and seed: fall back to folder names
         for r in runs:
@@ -81,7 +89,8 @@ def module_rows(runs: list[dict]) -> list[dict[str, Any]]:
         for b in run["blocks"]:
             st = an.module_stats(b)
             sv = st.pop("singular_values")
-            rows.append({"run": run["label"], **st, "sv_top": " ".join(f"{x:.4g}" for x in sv)})
+            rows.append({"run": run["label"], **st, "a_moved": run["a_moved"][b.key],
+                         "sv_top": " ".join(f"{x:.4g}" for x in sv)})  # fmt: skip
     return rows
 
 
@@ -175,6 +184,7 @@ def phi_outputs(runs: list[dict], out: Path, grid_max: int = 64) -> tuple[list, 
             r1, r2 = r2, r1
         pair = f"{r1['label']}_vs_{r2['label']}"
         grids = an.compare(r1["blocks"], r2["blocks"])
+        grids_out = an.compare(r1["blocks"], r2["blocks"], side="left")
         layers = figure_layers(r1["num_layers"])
         for b in r1["blocks"]:
             if b.key not in grids:
@@ -183,7 +193,9 @@ def phi_outputs(runs: list[dict], out: Path, grid_max: int = 64) -> tuple[list, 
             k = min(g.shape)
             summary.append({"pair": pair, "key": b.key, "layer": b.layer, "module": b.module,
                             "r1": g.shape[0], "r2": g.shape[1], "phi_1_1": float(g[0, 0]),
-                            "phi_k_k": float(g[k - 1, k - 1]), "phi_mean": float(g.mean())})  # fmt: skip
+                            "phi_k_k": float(g[k - 1, k - 1]), "phi_mean": float(g.mean()),
+                            "phi_out_1_1": float(grids_out[b.key][0, 0]),
+                            "phi_out_mean": float(grids_out[b.key].mean())})  # fmt: skip
             if b.layer in layers:
                 for (i, j), v in np.ndenumerate(g[:grid_max, :grid_max]):
                     grid_rows.append({"pair": pair, "layer": b.layer, "module": b.module,
@@ -253,10 +265,13 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _phi_table(summary: list[dict]) -> str:
-    s = summarise(summary, ("pair", "module"), ("phi_1_1", "phi_k_k", "phi_mean"))
-    lines = ["pair | module | mean over layers of φ(1,1) | φ(k,k), k = min r | mean φ"]
+    cols = ("phi_1_1", "phi_k_k", "phi_mean", "phi_out_1_1", "phi_out_mean")
+    s = summarise(summary, ("pair", "module"), cols)
+    lines = ["pair | module | mean over layers of φ(1,1) | φ(k,k), k = min r | mean φ | "
+             "output side: φ(1,1) | mean φ"]  # fmt: skip
     lines += [f"{r['pair']} | W{r['module']} | {r['phi_1_1']:.3f} | {r['phi_k_k']:.3f} | "
-              f"{r['phi_mean']:.3f}" for r in s]  # fmt: skip
+              f"{r['phi_mean']:.3f} | {r['phi_out_1_1']:.3f} | {r['phi_out_mean']:.3f}"
+              for r in s]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ class RunAdapter:
     lora_config: LoraConfig
     targets: list[Target]
     lora: dict
+    init_lora: dict  # the tree at step 0 (same key as lora_jax.train: PRNGKey(seed))
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -75,9 +76,10 @@ def load_run_adapter(
         )
     lm, hf_config = base or load_base(cfg["model"]["source"])
     lcfg = lora_config_of(cfg)
-    template, targets = lora_init(jax.random.PRNGKey(0), lm.params, lcfg, lora_modules(lm.config))
+    key = jax.random.PRNGKey(cfg.get("seed", 0))
+    template, targets = lora_init(key, lm.params, lcfg, lora_modules(lm.config))
     lora = load_adapter(ckpt, template, step)
-    return RunAdapter(run_dir, cfg, lm, hf_config, lcfg, targets, lora)
+    return RunAdapter(run_dir, cfg, lm, hf_config, lcfg, targets, lora, template)
 
 
 def load_base(source: str) -> tuple[LoadedModel, dict[str, Any]]:

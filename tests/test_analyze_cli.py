@@ -63,12 +63,14 @@ def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path):
     assert (out / "phi_by_layer.png").is_file()
 
     expected = an.compare(an.delta_blocks(t2), an.delta_blocks(t8))
-    summary = {(r["key"]): r for r in _read(out / "phi_summary.csv")}
+    summary = {r["key"]: r for r in _read(out / "phi_summary.csv")}
+    out_side = an.compare(an.delta_blocks(t2), an.delta_blocks(t8), side="left")
     assert set(summary) == set(expected) == {f"h.{i}.attn.c_attn.{m}" for i in (0, 1) for m in "qv"}
     for key, grid in expected.items():
         assert grid.shape == (2, 8)
         assert float(summary[key]["phi_1_1"]) == pytest.approx(grid[0, 0], rel=1e-4)
         assert float(summary[key]["phi_mean"]) == pytest.approx(grid.mean(), rel=1e-4)
+        assert float(summary[key]["phi_out_1_1"]) == pytest.approx(out_side[key][0, 0], rel=1e-4)
     assert len(_read(out / "phi_grid.csv")) == 4 * 2 * 8  # both layers shown, q and v
 
     amp = [r for r in _read(out / "amplification.csv") if r["run"] == "r8-s0"]
@@ -83,6 +85,8 @@ def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path):
         assert float(row["proj_w"]) >= float(row["proj_delta"]) - 1e-6  # W's own are the max
     mods = _read(out / "modules.csv")
     assert {(m["run"], m["r"]) for m in mods} == {("r8-s0", "8"), ("r2-s1", "2")}
+    # fake_run keeps A at its init (only B is redrawn), so A did not move
+    assert all(float(m["a_moved"]) < 1e-6 for m in mods)
 
 
 def test_export_cli_peft_roundtrip_and_merged(runs, tiny_e2e_gpt2_dir, tmp_path):
