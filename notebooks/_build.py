@@ -141,7 +141,11 @@ print(sorted(grid["pair"].unique()))"""),
 pairs = sorted(grid["pair"].unique())
 for p in pairs: heatmaps(p)"""),
     ("code", """# φ of the top directions per pair and module (mean over layers); paper: φ(1,1) > 0.5 for r=8 vs r=64
-summary.groupby(["pair", "module"])[["phi_1_1", "phi_k_k", "phi_mean"]].mean().round(3)"""),
+# phi_out_*: the same for the output-space directions (B's, learned from zero)
+summary.groupby(["pair", "module"])[["phi_1_1", "phi_k_k", "phi_mean", "phi_out_1_1", "phi_out_mean"]].mean().round(3)"""),
+    ("code", """# per module: ‖ΔW‖_F, effective rank, and how far training moved A from its random init
+mods = pd.read_csv(A / "modules.csv")
+mods.groupby(["run", "module"])[["delta_fro", "effective_rank", "a_moved"]].mean().round(3)"""),
     ("code", """# amplification [P Table 7]: ‖UᵀWV‖_F for ΔW's, W's and random top-r directions, factor ‖ΔW‖/‖UᵀWV‖
 amp = pd.read_csv(A / "amplification_summary.csv")
 amp.round(3)"""),
