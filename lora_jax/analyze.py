@@ -8,7 +8,8 @@ Writes to ``DIR``:
   top-r directions and the factor ‖ΔW‖_F / ‖UᵀWV‖_F; ``amplification_summary.csv``: means per
   run × module;
 - for every pair of runs (the lower rank first): ``phi_<a>_vs_<b>.png``, heatmaps of
-  φ(i, j) for four layers × each module, like [P Fig. 3/4]; ``phi_grid.csv`` (those layers'
+  φ(i, j) for four layers × each module, like [P Fig. 3/4] (``phi_out_*.png``: the same for
+  the output-space directions); ``phi_grid.csv`` (those layers'
   full grids); ``phi_summary.csv`` (per layer × module: φ(1,1), φ at (min r, min r), grid mean,
   and the same for the output-space directions, ``phi_out_*``) and ``phi_by_layer.png``;
 and uploads the figures and tables to W&B when ``--logger wandb`` (default: the first run's
@@ -129,8 +130,8 @@ def plot_phi(grids: dict[str, np.ndarray], blocks: list[an.Block], layers: list[
 
     mods = sorted({b.module for b in blocks}, key="qkvo".find)
     by = {(b.module, b.layer): b.key for b in blocks if b.key in grids}
-    fig, axes = plt.subplots(len(mods), len(layers), squeeze=False,
-                             figsize=(2.6 * len(layers) + 1, 2.3 * len(mods) + 0.6))  # fmt: skip
+    fig, axes = plt.subplots(len(mods), len(layers), squeeze=False, layout="constrained",
+                             figsize=(2.6 * len(layers) + 1, 2.5 * len(mods) + 0.6))  # fmt: skip
     im = None
     for (mi, mod), (li, layer) in itertools.product(enumerate(mods), enumerate(layers)):
         ax = axes[mi][li]
@@ -205,6 +206,9 @@ def phi_outputs(runs: list[dict], out: Path, grid_max: int = 64) -> tuple[list, 
         )
         labels = (r1["label"], r2["label"])
         figs.append(plot_phi(grids, r1["blocks"], layers, title, labels, out / f"phi_{pair}.png"))
+        title = f"φ between ΔW's top left-singular (output) directions: {labels[0]} vs {labels[1]}"
+        figs.append(plot_phi(grids_out, r1["blocks"], layers, title, labels,
+                             out / f"phi_out_{pair}.png"))  # fmt: skip
     if summary:
         figs.append(plot_phi_by_layer(summary, out / "phi_by_layer.png"))
     return summary, grid_rows, figs
