@@ -17,7 +17,8 @@ import jax
 
 from lora_jax.lora import LoraConfig, Target
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import LoadedModel, lora_modules
+from lora_jax.models.pretrained import LoadedModel
+from lora_jax.models.registry import lora_modules
 
 
 @dataclasses.dataclass
@@ -84,7 +85,7 @@ def load_run_adapter(
 
 def load_base(source: str) -> tuple[LoadedModel, dict[str, Any]]:
     """The fp32 base model of ``source`` and its transformers config dict (as
-    :func:`lora_jax.models.registry.load_model`, keeping the config)."""
+    :func:`lora_jax.models.pretrained.load_model`, keeping the config)."""
     from lora_jax.models.config import ModelConfig
     from lora_jax.models.convert import params_from_hf
     from lora_jax.models.load import load_checkpoint

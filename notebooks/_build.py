@@ -17,7 +17,8 @@ decode, merge, export to PEFT. Budget via env vars: `NB_STEPS` (default 30), `NB
 from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
 from lora_jax.lora import LoraConfig, init as lora_init, merge, param_report
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 STEPS = int(os.environ.get("NB_STEPS", "30"))
 SOURCE = os.environ.get("NB_SOURCE") or os.environ["LORA_JAX_SMOLLM2_GGUF"]
 WORK = Path(tempfile.mkdtemp(prefix="lora_jax_nb01_"))"""),
@@ -38,7 +39,7 @@ task = E2ETask(dataset=None, data_dir=str(WORK / "data"), train_file="train.csv"
 train = [encode_example(lm.tokenizer, ex, "plain", 64, task) for ex in task.load("train")]
 batches = TrainBatches(train, batch_size=8, seed=0, buckets=[64], pad_id=lm.tokenizer.pad_id)"""),
     ("code", """# 4. One jitted pure train step that differentiates the LoRA tree only
-from lora_jax.optim import build_optimizer
+from lora_jax.optimizer import build_optimizer
 from lora_jax.step import make_train_step
 ocfg = dict(name="adamw", lr=1e-3, warmup_steps=2, schedule="linear", b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, grad_accum=1, grad_clip=None)
 tx, _ = build_optimizer(ocfg, lora, STEPS)
@@ -154,6 +155,8 @@ amp.round(3)"""),
 
 def build(cells, name):
     nb = new_notebook(cells=[new_markdown_cell(s) if k == "md" else new_code_cell(s) for k, s in cells])
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: rebuilding does not change the files
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, HERE / name)
 

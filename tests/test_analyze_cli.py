@@ -17,7 +17,8 @@ from lora_jax import analysis as an
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 from tests.train.app import compose, tiny_overrides
 
 

@@ -18,7 +18,8 @@ from conftest_gguf import smollm2_gguf  # noqa: F401
 from lora_jax.export import load_peft, save_merged_hf, save_peft
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 
 pytestmark = pytest.mark.torch
 TOL = 1e-4
