@@ -9,7 +9,6 @@ and the LoRA tree restored from ``checkpoints/``. Used by the analysis and the e
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from lora_jax.lora import LoraConfig, Target
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import LoadedModel
 from lora_jax.models.registry import lora_modules
+from lora_jax.record import load as load_record
 
 
 @dataclasses.dataclass
@@ -36,9 +36,8 @@ class RunAdapter:
 def run_config(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config a run used: ``results.json["config"]`` or ``.hydra/config.yaml``."""
     run_dir = Path(run_dir)
-    results = run_dir / "results.json"
-    if results.is_file():
-        cfg = json.loads(results.read_text()).get("config")
+    if (run_dir / "results.json").is_file():
+        cfg = load_record(run_dir).get("config")
         if cfg:
             return cfg
     hydra = run_dir / ".hydra" / "config.yaml"
