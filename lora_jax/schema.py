@@ -13,6 +13,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
+def _open_dict() -> Any:
+    """An empty dict node that accepts new keys from the command line without a ``+``
+    (Hydra puts the whole config in struct mode; these user-keyed dicts opt out)."""
+    return OmegaConf.create({}, flags={"struct": False})
+
+
 @dataclass
 class ModelCfg:
     name: str = MISSING  # short name used in run names and reports
@@ -35,7 +41,9 @@ class TaskCfg:
     name: str = MISSING  # e2e | wikisql | samsum
     dataset: str | None = None  # hub id; used when no local files are given
     data_dir: str | None = None
-    data_files: dict[str, str] | None = None  # {"train": path, "eval": path}
+    # {"train": path, "eval": path}; empty: data_dir or dataset. Settable key by key on the
+    # command line (task.data_files.train=a.jsonl task.data_files.eval=b.jsonl)
+    data_files: dict[str, str] = field(default_factory=lambda: _open_dict())
     train_file: str | None = None
     eval_file: str | None = None
     train_split: str | None = None
@@ -46,7 +54,7 @@ class TaskCfg:
     max_len: int = 512
     max_train_examples: int | None = None
     max_eval_items: int | None = None  # decode only the first N distinct sources
-    options: dict[str, Any] = field(default_factory=dict)  # task-specific keyword arguments
+    options: dict[str, Any] = field(default_factory=lambda: _open_dict())  # task kwargs
     decode: DecodeCfg = field(default_factory=DecodeCfg)
 
 
@@ -62,8 +70,9 @@ class LoraCfg:
     dropout: float = 0.0
     init: str = "gaussian"
     scaling: str = "standard"
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    # regex → value; new keys need no `+`: 'lora.rank_pattern={h_0\.attn:4}' (see README)
+    rank_pattern: dict[str, int] = field(default_factory=lambda: _open_dict())
+    alpha_pattern: dict[str, float] = field(default_factory=lambda: _open_dict())
 
 
 @dataclass

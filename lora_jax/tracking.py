@@ -8,6 +8,7 @@ updated once targeting has resolved the modules; the summary holds the whole run
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,17 @@ class Tracker:
         import wandb
 
         self._user_tags = list(logger_cfg.get("tags") or [])
-        self.run = wandb.init(
+        kw = dict(
             project=logger_cfg["project"],
             entity=logger_cfg.get("entity"),
             group=run_group(logger_cfg, axes),
             name=name,
             tags=run_tags(self._user_tags, axes),
-            mode=mode,
             dir=str(logger_cfg.get("dir") or run_dir),
             config=config | {"sweep": dict(axes)},
             reinit="finish_previous",
         )
+        self.run = _init_wandb(wandb, mode, kw)
 
     def update_axes(self, axes: Mapping[str, Any]) -> None:
         """After targeting: the resolved label/α/scale replace the compose-time ones."""
@@ -81,6 +82,51 @@ class Tracker:
     @property
     def run_dir(self) -> str | None:
         return None if self.run is None else self.run.dir
+
+
+# W&B online: how long the server may take to answer before the run goes offline. The run never
+# waits on (or fails because of) the logger; LORA_JAX_WANDB_TIMEOUT overrides (seconds).
+WANDB_PROBE_TIMEOUT_S = 5.0
+WANDB_INIT_TIMEOUT_S = 30.0
+
+
+def _init_wandb(wandb: Any, mode: str, kw: dict[str, Any]) -> Any:
+    """``wandb.init``; online, an unreachable server (probed with a short timeout first) or a
+    failed init falls back to offline mode with a warning saying how to sync later."""
+    if mode != "online":
+        return wandb.init(mode=mode, **kw)
+    timeout = float(os.environ.get("LORA_JAX_WANDB_TIMEOUT", WANDB_PROBE_TIMEOUT_S))
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    problem = _unreachable(base_url, timeout)
+    if problem is None:
+        try:
+            return wandb.init(
+                mode="online",
+                settings=wandb.Settings(init_timeout=max(timeout, WANDB_INIT_TIMEOUT_S)),
+                **kw,
+            )
+        except Exception as e:  # the logger must never cost the run
+            problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    run = wandb.init(mode="offline", **kw)
+    console.print(
+        f"[yellow]W&B server {base_url} not usable ({problem}); logging offline instead. "
+        f"Sync later with: wandb sync {Path(run.dir).parent}[/]"
+    )
+    return run
+
+
+def _unreachable(base_url: str, timeout: float) -> str | None:
+    """None when ``base_url`` answers HTTP within ``timeout`` s (any status), else why not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base_url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as e:
+        return f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    return None
 
 
 def run_group(logger_cfg: Mapping[str, Any], axes: Mapping[str, Any]) -> str | None:

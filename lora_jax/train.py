@@ -28,13 +28,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import record
 from lora_jax import schema as config_schema
-from lora_jax.checkpoint import Checkpointer, load_adapter
+from lora_jax.checkpoint import (
+    AdapterMismatch,
+    Checkpointer,
+    CheckpointError,
+    adapter_meta,
+    load_adapter,
+    run_fingerprint,
+)
+from lora_jax.config_check import ConfigError, check_config, check_model_fit
 from lora_jax.evaluate import evaluate
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.optimizer import build_optimizer
+from lora_jax.runguard import PREEMPTION, Preempted, RunDirInUse, RunDirLock, SweepStatus
 from lora_jax.step import make_eval_loss, make_train_step
 from lora_jax.tasks import get_task
 from lora_jax.tasks.batching import TrainBatches, default_buckets
@@ -50,18 +59,63 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+# Errors that mean a bad input or config, each with a message naming the fix: a single run
+# prints the message and exits 1 without a Python traceback (results.json keeps it).
+USER_ERRORS = (ConfigError, CheckpointError, AdapterMismatch, RunDirInUse, NonFiniteLoss,
+               FileNotFoundError, ValueError)  # fmt: skip
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the run record (lora_jax/record.py), also
-    written to ``run_dir/results.json``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    written to ``run_dir/results.json``.
+
+    The run dir is locked for the run (two processes never share one); a dir that holds
+    another run's checkpoints is refused before anything is written (``trainer.resume=true``
+    continues it when its stored config matches); resuming a finished run returns its record.
+    """
+    with RunDirLock(run_dir):
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        ckpt = Checkpointer(run_dir / "checkpoints", keep=max(int(cfg.trainer.ckpt_keep), 1),
+                            run_config=run_fingerprint(resolved))  # fmt: skip
+        try:
+            # eval_only never resumes: a dir with a training run's checkpoints is refused
+            ckpt.check_resume(bool(cfg.trainer.resume) and not cfg.trainer.eval_only)
+            finished = _finished_record(run_dir) if cfg.trainer.resume else None
+            if finished is not None:
+                console.print(f"{run_dir} holds a finished run (results.json status ok); "
+                              "nothing to resume, results kept")  # fmt: skip
+                return finished
+            return _run_locked(cfg, run_dir, resolved, ckpt)
+        finally:
+            ckpt.close()
+
+
+def _finished_record(run_dir: Path) -> dict | None:
+    import json
+
+    try:
+        rec = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    done = rec.get("status") == "ok" and not (rec.get("run") or {}).get("stopped_at")
+    return rec if done else None
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, resolved: dict, ckpt: Checkpointer) -> dict:
     t0 = time.time()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     results = record.new_record(cfg.name, run_dir, resolved, record.sweep_key(resolved))
     tracker = None
     try:
+        check_config(resolved)
+        if PREEMPTION.requested:
+            raise Preempted("SIGTERM received before the run started")
+        PREEMPTION.install()
         tracker = Tracker(cfg.logger, run_dir, cfg.name, results["sweep"], resolved)
-        _train_and_eval(cfg, run_dir, results, tracker)
+        _train_and_eval(cfg, run_dir, results, tracker, ckpt)
         results["status"] = "ok"
+    except Preempted as e:
+        results["status"] = "preempted"
+        results["error"] = str(e)
     except BaseException as e:
         results["status"] = "failed"
         results["error"] = f"{type(e).__name__}: {e}"
@@ -76,20 +130,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Tracker) -> None:
+def _train_and_eval(
+    cfg: DictConfig, run_dir: Path, results: dict, tracker: Tracker, ckpt: Checkpointer
+) -> None:
     tcfg, ocfg = cfg.trainer, cfg.optim
     # 1. The frozen model.
     t = time.time()
     lm = load_model(cfg.model.source, cfg.model.dtype, cfg.model.param_dtype, cfg.lora.dropout)
     module, frozen, tok = lm.module, lm.params, lm.tokenizer
+    check_model_fit(OmegaConf.to_container(cfg, resolve=True), lm.config)
     console.print(f"[bold]model[/] {cfg.model.name} ({lm.config.model_type}, {lm.config.num_layers} layers) "
                   f"from {cfg.model.source} in {time.time() - t:.1f}s")  # fmt: skip
 
     # 2. The LoRA tree and the parameter report.
-    lora_cfg = LoraConfig.from_dict(OmegaConf.to_container(cfg.lora) | {"seed": cfg.seed})
+    lora_dict = OmegaConf.to_container(cfg.lora)
+    lora_cfg = LoraConfig.from_dict(lora_dict | {"seed": cfg.seed})
     lora, targets = lora_init(
         jax.random.PRNGKey(cfg.seed), frozen, lora_cfg, lora_modules(lm.config)
     )
+    ckpt.adapter = adapter_meta(lm.config, lora_dict, targets)
     report = param_report(targets, frozen)
     results["params"] = report.as_dict()
     record.set_targets(results, targets)  # the label, α and scale of what is really adapted
@@ -109,8 +168,11 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps)
 
     if cfg.adapter:
-        lora = load_adapter(cfg.adapter, lora)
-        console.print(f"loaded adapter from {cfg.adapter}")
+        lora, _ = load_adapter(cfg.adapter, lora, expected=ckpt.adapter)
+        console.print(
+            f"loaded adapter from {cfg.adapter} (its metadata matches this model and config)"
+        )
+        results["run"]["adapter"] = str(Path(cfg.adapter).absolute())
     if tcfg.eval_only:
         results["metrics"]["eval"] = evaluate_now(lora, "eval")
         results["items"] = record.write_items(
@@ -151,11 +213,12 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     console.print(f"{len(train)} train examples, {batches.steps_per_epoch} steps/epoch, {micro_steps} steps, "
                   f"{len(items)} eval items, buckets {batches.buckets}")  # fmt: skip
 
-    # 4. Resume.
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.ckpt_keep)
+    # 4. Resume (the config was checked against the stored one in run()); the record of the
+    # earlier part (losses, eval before, validation) comes back from the checkpoint's meta.
     start = 0
     if tcfg.resume and ckpt.latest_step() is not None:
-        lora, opt_state, start, _ = ckpt.restore(lora, opt_state)
+        lora, opt_state, start, meta = ckpt.restore(lora, opt_state)
+        _restore_record(results, meta, start)
         console.print(f"resumed from {ckpt.directory} at step {start}")
 
     if tcfg.eval_before and start == 0:
@@ -169,12 +232,18 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     key = jax.random.PRNGKey(cfg.seed)
     train_m = results["metrics"]["train"]
     pending: list[dict] = []
-    window_tokens, window_t0, last_good, tps_all = 0, None, start, []
+    window_tokens, window_t0, tps_all = 0, None, []
     # non-padding tokens of the batches trained on (those before a resume point included)
     tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
     end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
     progress = _progress(tcfg.progress, end - start)
-    step = start
+    done = start
+
+    def save(at: int) -> None:
+        if at != ckpt.latest_step():  # a resume that ran no step already has it
+            ckpt.save(at, lora, opt_state, extra={"train": train_m, "validation": val_m,
+                      "eval_before": results["metrics"]["eval_before"]})  # fmt: skip
+
     for step in range(start, end):
         batch = batches.batch_at(step)
         n_tokens = int(batch["attention_mask"].sum())
@@ -190,10 +259,13 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
             pending = []
             loss = float(np.mean([h["loss"] for h in host]))
             if not math.isfinite(loss):
+                last_good = ckpt.latest_step()
+                where = (f"The last good checkpoint is step {last_good} in {ckpt.directory} (resume "
+                         "with trainer.resume=true after" if last_good is not None else
+                         "No checkpoint was written yet (start again after")  # fmt: skip
                 raise NonFiniteLoss(
-                    f"loss became {loss} by step {done}; stopped. The last good checkpoint is step "
-                    f"{last_good} in {ckpt.directory} (resume with trainer.resume=true after lowering "
-                    f"optim.lr or setting optim.grad_clip)"
+                    f"loss became {loss} by step {done}; stopped. {where} lowering optim.lr or "
+                    "setting optim.grad_clip)"
                 )
             dt = time.perf_counter() - window_t0
             tps = window_tokens / dt if dt > 0 and window_tokens else float("nan")
@@ -211,18 +283,23 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
         if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
             if not (math.isfinite(float(m["loss"])) and _all_finite(lora)):
                 continue  # never checkpoint a broken state; the next log point stops the run
-            ckpt.save(done, lora, opt_state)
-            last_good = done
+            save(done)
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
             _log_eval(tracker, evaluate_now(lora, f"eval_step{done}"), done)
             validate(done)
+        if PREEMPTION.requested:  # SIGTERM: a flag read, no host sync
+            break
     progress(None, "")
-    done = step + 1 if end > start else start
-    ckpt.save(done, lora, opt_state)
-    ckpt.close()
     train_m.update(steps=done, tokens_seen=tokens_seen,
                    tokens_per_s=float(np.median(tps_all)) if tps_all else None)  # fmt: skip
     results["sweep"].update(steps=done, tokens_seen=tokens_seen)
+    save(done)
+    if PREEMPTION.requested and done < end:
+        results["run"]["stopped_at"] = done
+        raise Preempted(
+            f"SIGTERM: stopped and checkpointed at step {done} of {micro_steps}; resume with "
+            "trainer.resume=true"
+        )
     if done < micro_steps:
         console.print(
             f"stopped after step {done} of {micro_steps} (trainer.stop_after); resume with trainer.resume=true"
@@ -237,6 +314,18 @@ def _train_and_eval(cfg: DictConfig, run_dir: Path, results: dict, tracker: Trac
     _log_eval(tracker, results["metrics"]["eval"], done)
     results["memory"] = _memory()
     _print_metrics(results["metrics"])
+
+
+def _restore_record(results: dict, meta: dict, step: int) -> None:
+    """The training record of a resumed run's earlier part, as its checkpoint stored it."""
+    for key, history in (("train", "losses"), ("validation", "history")):
+        part = dict(meta.get(key) or {})
+        if part:
+            part[history] = [row for row in part.get(history, []) if row[0] <= step]
+            results["metrics"][key].update(part)
+    if meta.get("eval_before"):
+        results["metrics"]["eval_before"] = meta["eval_before"]
+    results["run"]["resumed_at"] = step
 
 
 def _log_eval(tracker: Tracker, metrics: dict, step: int) -> None:
@@ -295,7 +384,7 @@ def _build_task(tc: DictConfig, run_dir: Path):
         "eval_split",
     ):
         v = tc.get(k)
-        if v is not None:
+        if v is not None and not (k == "data_files" and len(v) == 0):  # {}: not given
             kw[k] = OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
     if tc.sample:
         if tc.name != "e2e":
@@ -395,8 +484,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             console.print(
                 f"[red]run {cfg.name} failed[/]: {type(e).__name__}: {e} (see {run_dir}/results.json)"
             )
+            SweepStatus.job_errors.append((str(run_dir), "failed", f"{type(e).__name__}: {e}"))
             return None
+        if isinstance(e, USER_ERRORS):  # a user's mistake: the message, not a traceback
+            where = run_dir / "results.json"
+            console.print(f"[red]error[/]: {e}", soft_wrap=True)
+            if where.is_file() and '"traceback"' in where.read_text():
+                console.print(f"(full traceback in {where})", soft_wrap=True)
+            raise SystemExit(1) from None
         raise
+    if res["status"] == "preempted":
+        console.print(f"[yellow]{res['error']}[/]")
+        SweepStatus.job_errors.append((str(run_dir), "preempted", res["error"]))
     main = res["metrics"]["eval"].get(res["main_metric"]) if res["main_metric"] else None
     return main if isinstance(main, float) else None
 
@@ -405,6 +504,14 @@ def main() -> None:
     config_schema.register()
     _quiet_libraries()
     _hydra_main()
+    # After every job ran: a multirun with a failed job, or a preempted run, exits non-zero.
+    bad = {d: (s, e) for d, s, e in SweepStatus.job_errors + SweepStatus.failed}
+    if bad:
+        for d, (s, e) in sorted(bad.items()):
+            console.print(f"[red]{s}[/]: {d}: {e.splitlines()[0] if e else ''}")
+        preempted = all(s == "preempted" for s, _ in bad.values())
+        console.print(f"{len(bad)} run(s) did not finish ok (see their results.json)")
+        sys.exit(143 if preempted else 1)  # 143 = 128 + SIGTERM, what schedulers expect
 
 
 def _quiet_libraries() -> None:

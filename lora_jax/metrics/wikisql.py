@@ -57,7 +57,20 @@ def _quote_val(value: str) -> str:
 
 
 def query_to_text(q: Query, header: list[str]) -> str:
-    """Logical form -> the SQL text the model learns to emit."""
+    """Logical form -> the SQL text the model learns to emit. A column, aggregation or
+    operator index out of range raises ValueError naming it and the allowed range."""
+    bad = [f"sel={q.sel}"] if not 0 <= q.sel < len(header) else []
+    bad += [f"condition column {c}" for c, _, _ in q.conds if not 0 <= c < len(header)]
+    if bad:
+        raise ValueError(
+            f"column index out of range ({', '.join(bad)}): the table has {len(header)} columns "
+            f"(0..{len(header) - 1}: {header}); fix the sql field of this example"
+        )
+    if not 0 <= q.agg < len(AGG_OPS) or any(not 0 <= o < len(COND_OPS) for _, o, _ in q.conds):
+        raise ValueError(
+            f"aggregation index {q.agg} (0..{len(AGG_OPS) - 1}) or an operator index in "
+            f"{[o for _, o, _ in q.conds]} (0..{len(COND_OPS) - 1}) is out of range"
+        )
     col = _quote_col(header[q.sel])
     sel = f"{AGG_OPS[q.agg]}({col})" if q.agg else col
     text = f"SELECT {sel} FROM table"

@@ -43,8 +43,26 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
-        """Build from a transformers ``config.json`` dict; unknown architectures are refused."""
+    def from_hf(cls, hf: dict[str, Any], origin: str = "config.json") -> ModelConfig:
+        """Build from a transformers ``config.json`` dict; unknown architectures are refused.
+        ``origin`` names the file in errors (a missing or ill-typed field)."""
+        try:
+            return cls._from_hf(hf)
+        except KeyError as e:
+            raise ValueError(
+                f"{origin}: lacks {e.args[0]!r}, which a {hf.get('model_type')} config needs; "
+                "use the config.json written by transformers' save_pretrained for this model"
+            ) from e
+        except (TypeError, ZeroDivisionError) as e:
+            raise ValueError(
+                f"{origin}: a field has a wrong type or value ({e}); use the config.json written "
+                "by transformers' save_pretrained for this model"
+            ) from e
+
+    @classmethod
+    def _from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        if not isinstance(hf, dict):
+            raise TypeError(f"expected a JSON object, got {type(hf).__name__}")
         mt = hf.get("model_type")
         if mt not in FAMILY:
             raise ValueError(

@@ -33,7 +33,7 @@ def load_model(
     """Load a local HF folder, a ``.gguf`` file or a hub id into (module, params, config,
     tokenizer). Parameters are stored in ``param_dtype``; compute runs in ``dtype``."""
     hf_config, state_dict, tokenizer = load_checkpoint(source)
-    cfg = ModelConfig.from_hf(hf_config)
+    cfg = ModelConfig.from_hf(hf_config, origin=f"{source} (config)")
     params = convert.params_from_hf(state_dict, cfg, as_dtype(param_dtype))
     module = build_model(cfg, dtype, param_dtype, lora_dropout)
     return LoadedModel(module=module, params=params, config=cfg, tokenizer=tokenizer)

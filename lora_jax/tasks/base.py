@@ -9,6 +9,7 @@ and parquet all go through `datasets.load_dataset`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,7 +72,7 @@ def resolve_files(
 ) -> list[str] | None:
     """Local files for `split` ("train"/"eval"), or None when the hub should be used."""
     files: Any = None
-    if data_files is not None:
+    if data_files:  # None or {}: not given
         if split not in data_files:
             raise ValueError(
                 f"data_files has no entry for split {split!r}: got keys {sorted(data_files)}"
@@ -101,16 +102,69 @@ def load_rows(
     import datasets
 
     if files is not None:
+        for f in files:
+            check_text_file(Path(f))
         builder = _BUILDERS[Path(files[0]).suffix.lower()]
         kwargs: dict[str, Any] = {}
         if builder == "csv":  # keep "NA", "None", ... as text, never NaN
             kwargs = {"keep_default_na": False, "na_filter": False}
-        ds = datasets.load_dataset(builder, data_files={"data": files}, split="data", **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, data_files={"data": files}, split="data", **kwargs)
+        except Exception as e:  # the library's message, with the file named and the fix
+            cause = e.__cause__ or e
+            raise ValueError(
+                f"{', '.join(files)}: could not be read as {builder}: {type(cause).__name__}: "
+                f"{cause}. Check that the file is valid {builder} with the task's columns"
+            ) from e
     else:
         if not dataset:
             raise ValueError("no data: set `dataset` (a hub id) or `data_dir` / `data_files`")
         ds = datasets.load_dataset(dataset, config_name, split=hub_split, revision=revision)
     return [dict(r) for r in ds]
+
+
+def check_text_file(path: Path) -> None:
+    """Readable errors for the usual broken inputs, before the dataset library sees them:
+    an empty file, non-UTF-8 bytes (line and column named), a CSV with a header but no
+    rows, a JSON Lines row that does not parse (line named)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".jsonl"):
+        return
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(
+            f"{path}: the file is empty; it needs a header/records with the task's columns"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError(
+            f"{path}, line {line}, column {col}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-save the "
+            "file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`"
+        ) from e
+    lines = text.splitlines()
+    if suffix == ".csv":
+        if sum(1 for ln in lines[1:] if ln.strip()) == 0:
+            raise ValueError(f"{path}: only a header line ({lines[0][:80]!r}) and no data rows")
+        return
+    if suffix == ".json":
+        try:
+            json.loads(text)
+            return  # one JSON document
+        except ValueError:
+            pass  # JSON Lines in a .json file: check line by line
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            json.loads(ln)
+        except ValueError as e:
+            raise ValueError(
+                f"{path}, line {i}: not valid JSON ({e}); each line of a JSON Lines file must be "
+                "one complete JSON object: fix or remove that line"
+            ) from e
 
 
 def require_columns(

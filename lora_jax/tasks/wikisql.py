@@ -49,13 +49,13 @@ class WikiSQLTask(RowSource):
                 raise ValueError(f"{origin}: example {i} has a table without header/rows")
             try:
                 query = query_from_hub(row["sql"])
+                target = query_to_text(query, header)
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(
                     f"{origin}: example {i} has a malformed sql field ({err}); expected "
                     "{sel, agg, conds: {column_index, operator_index, condition}}"
                 ) from err
             source = wikisql_source(str(row["question"]), header)
-            target = query_to_text(query, header)
             out.append(Example(source, target, key=f"{i}", extra={"table": table, "query": query}))
         return out
 

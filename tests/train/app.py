@@ -107,4 +107,4 @@ def load_final_lora(run_dir: Path, model_dir: Path, overrides: list[str]) -> dic
     template, _ = lora_init(
         jax.random.PRNGKey(123), lm.params, LoraConfig.from_dict(lcfg), lora_modules(lm.config)
     )
-    return lora_leaves(load_adapter(run_dir / "checkpoints", template))
+    return lora_leaves(load_adapter(run_dir / "checkpoints", template)[0])

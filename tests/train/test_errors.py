@@ -68,7 +68,11 @@ def test_rank_that_does_not_fit(tiny_e2e_gpt2_dir, tmp_path):
 
 def test_missing_data_dir(tiny_e2e_gpt2_dir, tmp_path):
     ov = tiny_overrides(
-        tiny_e2e_gpt2_dir, "task=e2e", "task.data_dir=/nope/e2e", "task.options.coco_metrics=false"
+        tiny_e2e_gpt2_dir,
+        "task=e2e",
+        "task.data_dir=/nope/e2e",
+        "task.options.coco_metrics=false",
+        "task.max_len=128",
     )
     with pytest.raises(FileNotFoundError, match=r"task\.data_dir.*/nope/e2e"):
         run_in_process(ov, tmp_path)

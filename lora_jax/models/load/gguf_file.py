@@ -212,8 +212,21 @@ def load_gguf(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    reader = GGUFReader(str(path))
-    meta = read_metadata(reader)
+    try:
+        reader = GGUFReader(str(path))
+        meta = read_metadata(reader)
+    except Exception as e:  # gguf raises bare ValueError/IndexError/struct errors
+        raise ValueError(
+            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); it is truncated, "
+            "corrupt or not GGUF: download it again"
+        ) from e
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if int(t.data_offset) + int(t.n_bytes) > size:
+            raise ValueError(
+                f"{path}: truncated: tensor {t.name!r} needs bytes up to "
+                f"{int(t.data_offset) + int(t.n_bytes):,} but the file has {size:,}; download it again"
+            )
     names = [t.name for t in reader.tensors]
     config = config_from_metadata(meta, names, path)
     arch, _ = _arch_of(meta, path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy for safetensors)
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -49,10 +49,27 @@ def read_config(folder: Path) -> dict[str, Any]:
             f"{SINGLE_FILE} (or {INDEX_FILE} and its shards), as written by transformers' "
             "save_pretrained"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        where = f", line {e.lineno}, column {e.colno}" if hasattr(e, "lineno") else ""
+        raise ValueError(
+            f"{path}{where}: not valid JSON ({e}); restore the file written by save_pretrained "
+            "(or download the checkpoint again)"
+        ) from e
 
 
 def _read_file(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    try:
+        return _read_tensors(path, names)
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({e}); it is truncated or corrupt: "
+            "download or save it again"
+        ) from e
+
+
+def _read_tensors(path: Path, names: list[str] | None) -> dict[str, np.ndarray]:
     with safe_open(str(path), framework="numpy") as f:
         keys = list(f.keys()) if names is None else names
         have = set(f.keys())
@@ -66,7 +83,12 @@ def _read_file(path: Path, names: list[str] | None = None) -> dict[str, np.ndarr
 
 
 def _read_sharded(folder: Path) -> dict[str, np.ndarray]:
-    index = json.loads((folder / INDEX_FILE).read_text())
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+    except ValueError as e:
+        raise ValueError(
+            f"{folder / INDEX_FILE}: not valid JSON ({e}); download the checkpoint again"
+        ) from e
     weight_map: dict[str, str] = index.get("weight_map") or {}
     if not weight_map:
         raise ValueError(f"{folder / INDEX_FILE} has an empty weight_map")
