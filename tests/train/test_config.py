@@ -229,8 +229,9 @@ def test_sweep_without_experiment_stops_naming_the_experiments():
             "config", ["+sweep=rank_table", "experiment=demo"], return_hydra_config=True
         )
     assert cfg.hydra.runtime.choices.experiment == "required"
-    assert not picked.hydra.callbacks  # an explicit experiment (even the demo) runs
-    (callback,) = [instantiate(c) for c in cfg.hydra.callbacks.values()]
+    # an explicit experiment (even the demo) runs; the run guards of conf/config.yaml stay
+    assert "sweep_needs_experiment" not in picked.hydra.callbacks
+    callback = instantiate(cfg.hydra.callbacks.sweep_needs_experiment)
     with pytest.raises(SystemExit) as stop:
         callback.on_multirun_start(config=cfg)
     message = str(stop.value)
