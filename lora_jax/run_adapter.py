@@ -64,7 +64,7 @@ def load_run_adapter(
 ) -> RunAdapter:
     """Config, base model (fp32) and trained LoRA tree of a run (its latest checkpoint).
     ``base``: an already loaded ``load_base(source)`` to reuse across runs of one model."""
-    from lora_jax.checkpoint import load_adapter
+    from lora_jax.checkpoint import adapter_meta, load_adapter
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
@@ -78,7 +78,8 @@ def load_run_adapter(
     lcfg = lora_config_of(cfg)
     key = jax.random.PRNGKey(cfg.get("seed", 0))
     template, targets = lora_init(key, lm.params, lcfg, lora_modules(lm.config))
-    lora = load_adapter(ckpt, template, step)
+    expected = adapter_meta(lm.config, cfg["lora"], targets)  # checked against the stored one
+    lora, _ = load_adapter(ckpt, template, step, expected=expected)
     return RunAdapter(run_dir, cfg, lm, hf_config, lcfg, targets, lora, template)
 
 
