@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.quant import dense_kernel
+
 Dtype = Any
 
 
@@ -39,11 +41,12 @@ class LoraDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        kernel = self.param(
-            "kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype
+        # The frozen kernel in the compute dtype; a quantized one (QLoRA) is dequantized here.
+        kernel = dense_kernel(
+            self, (x.shape[-1], self.features), self.kernel_init, self.param_dtype, self.dtype
         )
         x = x.astype(self.dtype)
-        y = jnp.dot(x, kernel.astype(self.dtype))
+        y = jnp.dot(x, kernel)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
