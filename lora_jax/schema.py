@@ -25,6 +25,9 @@ class ModelCfg:
     source: str = MISSING  # local HF folder, .gguf file, or hub id
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the frozen base (bfloat16 halves its memory)
+    # QLoRA: store the frozen LoRA-targetable kernels quantized, dequantized on the fly:
+    # none | nf4 (QLoRA's NF4 + double quantization) | int8 (row-wise) | keep (a GGUF's blocks)
+    quant: str = "none"
 
 
 @dataclass

@@ -136,7 +136,8 @@ def _train_and_eval(
     tcfg, ocfg = cfg.trainer, cfg.optim
     # 1. The frozen model.
     t = time.time()
-    lm = load_model(cfg.model.source, cfg.model.dtype, cfg.model.param_dtype, cfg.lora.dropout)
+    lm = load_model(cfg.model.source, cfg.model.dtype, cfg.model.param_dtype, cfg.lora.dropout,
+                    quant=cfg.model.quant)  # fmt: skip
     module, frozen, tok = lm.module, lm.params, lm.tokenizer
     check_model_fit(OmegaConf.to_container(cfg, resolve=True), lm.config)
     console.print(f"[bold]model[/] {cfg.model.name} ({lm.config.model_type}, {lm.config.num_layers} layers) "

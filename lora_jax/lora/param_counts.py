@@ -1,5 +1,6 @@
 """Trainable-parameter report: per module kind, in total and as a share of the base model
-(like PEFT's print_trainable_parameters, but per module)."""
+(like PEFT's print_trainable_parameters, but per module), and the frozen base's resident bytes
+and bits per weight (quantized kernels counted packed, lora_jax.quant)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from lora_jax.lora.params import count_params
 from lora_jax.lora.targeting import SHORT_NAMES, Target
+from lora_jax.quant import frozen_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,17 +28,32 @@ class ParamReport:
     rows: tuple[Row, ...]
     trainable: int
     base: int
+    frozen_bytes: int = 0  # resident bytes of the frozen base (quantized kernels packed)
+    quantized_weights: int = 0  # weights held in quantized kernels (lora_jax.quant)
+    quantized_bytes: int = 0
 
     @property
     def percent(self) -> float:
         return 100.0 * self.trainable / self.base if self.base else 0.0
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Frozen base bits per weight, all parameters (embeddings and norms included)."""
+        return 8.0 * self.frozen_bytes / self.base if self.base else 0.0
+
     def as_dict(self) -> dict[str, Any]:
+        qbits = (
+            8.0 * self.quantized_bytes / self.quantized_weights if self.quantized_weights else None
+        )
         return {
             "trainable": self.trainable,
             "base": self.base,
             "percent": self.percent,
             "per_module": {r.name: r.trainable for r in self.rows},
+            "frozen_bytes": self.frozen_bytes,
+            "frozen_bits_per_weight": self.bits_per_weight,
+            "quantized_weights": self.quantized_weights,
+            "quantized_bits_per_weight": qbits,
         }
 
     def __str__(self) -> str:
@@ -53,6 +70,12 @@ class ParamReport:
             f"trainable params: {self.trainable:,} || base params: {self.base:,} || "
             f"trainable%: {self.percent:.4f}"
         )
+        lines.append(
+            f"frozen base: {self.frozen_bytes / 2**20:,.1f} MiB, {self.bits_per_weight:.2f} bits/weight"
+            + (f" ({self.quantized_weights:,} weights quantized, "
+               f"{8.0 * self.quantized_bytes / self.quantized_weights:.2f} bits/weight)"
+               if self.quantized_weights else "")
+        )  # fmt: skip
         return "\n".join(lines)
 
 
@@ -73,4 +96,12 @@ def param_report(targets: Sequence[Target], params: Mapping[str, Any]) -> ParamR
                 trainable=sum(t.num_params for t in ts),
             )
         )
-    return ParamReport(tuple(rows), sum(r.trainable for r in rows), count_params(params))
+    fb = frozen_bytes(params)
+    return ParamReport(
+        tuple(rows),
+        sum(r.trainable for r in rows),
+        count_params(params),
+        frozen_bytes=fb["bytes"],
+        quantized_weights=fb["quantized_weights"],
+        quantized_bytes=fb["quantized_bytes"],
+    )

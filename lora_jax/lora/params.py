@@ -19,6 +19,7 @@ import numpy as np
 
 from lora_jax.lora.config import LoraConfig
 from lora_jax.lora.targeting import Target, resolve
+from lora_jax.quant import is_quantized
 
 LoraTree = dict[str, Any]
 
@@ -108,7 +109,8 @@ def unmerge(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules) ->
 
 
 def count_params(tree: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+    """Number of weights; a quantized kernel (lora_jax.quant) counts its ``in·out`` weights."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree, is_leaf=is_quantized)))
 
 
 def count_trainable(lora: Mapping[str, Any]) -> int:

@@ -82,6 +82,9 @@ def params_from_hf(
                 f"tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
                 f"{expected}; check that the checkpoint matches its config.json"
             )
+        if hasattr(tensor, "to_kernel"):  # GGUF blocks kept packed (lora_jax.quant, quant=keep)
+            flat[path] = tensor.to_kernel()
+            continue
         arr = np.asarray(tensor)
         flat[path] = jnp.asarray(arr.T if transposed else arr, dtype=dtype)
     extra = [k for k in state_dict if k not in used and not _BUFFERS.search(k)]

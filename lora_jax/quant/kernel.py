@@ -12,6 +12,7 @@ matrix), blocks running along the input dimension, as bitsandbytes and llama.cpp
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,3 +140,18 @@ def frozen_bytes(params: Any) -> dict[str, int]:
             out["bytes"] += int(np.dtype(leaf.dtype).itemsize * np.prod(leaf.shape))
             out["weights"] += int(np.prod(leaf.shape))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptBlocks:
+    """One GGUF Linear weight kept in its blocks, standing in the HF state dict for the float
+    tensor: ``shape`` is the HF state-dict shape (``[out, in]``; GPT-2 Conv1D ``[in, out]``),
+    ``blocks`` the GGUF rows ``[out, bytes_per_row]``."""
+
+    kind: str
+    blocks: np.ndarray
+    shape: tuple[int, int]
+    d_in: int
+
+    def to_kernel(self) -> QuantizedKernel:
+        return from_gguf_blocks(self.kind, self.blocks, self.d_in)

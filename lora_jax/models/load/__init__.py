@@ -29,18 +29,24 @@ __all__ = ["load_checkpoint", "load_gguf", "load_safetensors_dir"]
 
 
 def load_checkpoint(
-    source: str | Path, revision: str | None = None
+    source: str | Path, revision: str | None = None, keep_quantized: bool = False
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], Tokenizer | None]:
     """``(hf_config, state, tokenizer)`` from a folder, a ``.gguf`` path or a Hub id "org/name".
 
-    The tokenizer is None only for a folder that has no tokenizer files.
+    The tokenizer is None only for a folder that has no tokenizer files. ``keep_quantized``
+    (GGUF only) keeps the block Linear weights packed (``model.quant=keep``).
     """
     src = str(source)
     path = Path(src).expanduser()
     if path.suffix in PICKLE_SUFFIXES:
         raise pickle_refusal(path)
+    if keep_quantized and path.suffix != ".gguf":
+        raise ValueError(
+            f"model.quant=keep keeps a GGUF file's quantized blocks, but {src!r} is not a .gguf "
+            "file; use model.quant=nf4 or int8 to quantize other checkpoints at load"
+        )
     if path.suffix == ".gguf":
-        config, state, meta = load_gguf(path)
+        config, state, meta = load_gguf(path, keep_quantized)
         return config, state, Tokenizer.from_gguf_metadata(meta)
     if path.is_dir():
         return _from_folder(path)

@@ -6,12 +6,16 @@ What llama.cpp's ``convert_hf_to_gguf.py`` changed, undone here:
   k uses the kv head count (GQA). Qwen2 is stored unpermuted;
 - GPT-2 ``Conv1D`` weights ([in, out] in HF) are stored transposed ([out, in]);
 - quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ... anything ``gguf.quants`` knows) are
-  dequantized to float32 with ``gguf.quants.dequantize``.
+  dequantized to float32 with ``gguf.quants.dequantize``; with ``keep_quantized=True`` the Linear
+  weights of the blocks in Q8_0/Q4_0/Q4_1/Q4_K/Q6_K stay packed (:class:`KeptBlocks`, for
+  ``model.quant=keep``): their rows are output features and each row is a run of blocks along the
+  input, so the q/k un-permutation moves whole rows and GPT-2's transpose is left to the kernel.
 The config dict uses transformers' names, so ``ModelConfig.from_hf`` reads it unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,12 @@ _ARCH = {
     "qwen2": ("qwen2", _LLAMA_BLOCK, _LLAMA_TOP, "model.layers"),
     "gpt2": ("gpt2", _GPT2_BLOCK, _GPT2_TOP, "transformer.h"),
 }
+# The Linear weights of a block (the LoRA-targetable kernels), per architecture.
+_PROJECTIONS = {
+    "llama": ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"),
+    "gpt2": _GPT2_CONV1D,
+}
+_PROJECTIONS["qwen2"] = _PROJECTIONS["llama"]
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _TOP_NAME = re.compile(r"^(\w+)\.(weight|bias)$")
 
@@ -203,10 +213,29 @@ def dequantize_tensor(tensor: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(shape))
 
 
+def kept_blocks(tensor: Any, arch: str) -> Any:
+    """A block Linear weight as :class:`~lora_jax.quant.kernel.KeptBlocks` when its format can
+    be dequantized on the fly; None for anything else (dequantized to float32 as usual)."""
+    from lora_jax.quant.gguf_blocks import FORMATS
+    from lora_jax.quant.kernel import KeptBlocks
+
+    kind = tensor.tensor_type.name.lower()
+    m = _BLOCK_NAME.match(tensor.name)
+    if kind not in FORMATS or m is None or m.group(3) != "weight":
+        return None
+    if m.group(2) not in _PROJECTIONS[arch]:
+        return None
+    out, d_in = (int(s) for s in reversed(tensor.shape))  # ggml: fastest axis (input) first
+    hf_shape = (d_in, out) if arch == "gpt2" else (out, d_in)  # GPT-2 Conv1D is [in, out]
+    blocks = np.ascontiguousarray(np.asarray(tensor.data, dtype=np.uint8).reshape(out, -1))
+    return KeptBlocks(kind, blocks, hf_shape, d_in)
+
+
 def load_gguf(
-    path: str | Path,
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-    """``(hf_config, state, metadata)``; state is float32 with transformers' names and layouts."""
+    path: str | Path, keep_quantized: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(hf_config, state, metadata)``; state is float32 with transformers' names and layouts,
+    except the block Linear weights kept packed when ``keep_quantized`` (see :func:`kept_blocks`)."""
     from gguf import GGUFReader
 
     path = Path(path)
@@ -232,10 +261,17 @@ def load_gguf(
     arch, _ = _arch_of(meta, path)
     n_head = config.get("num_attention_heads")
     n_kv = config.get("num_key_value_heads")
-    state: dict[str, np.ndarray] = {}
+    state: dict[str, Any] = {}
     for tensor in reader.tensors:
-        w = dequantize_tensor(tensor)
         part = tensor.name.split(".")[-2]
+        kept = kept_blocks(tensor, arch) if keep_quantized else None
+        if kept is not None:
+            if arch == "llama" and part in ("attn_q", "attn_k"):  # permute whole rows of blocks
+                rows = reverse_permute(kept.blocks, n_head if part == "attn_q" else n_kv)
+                kept = dataclasses.replace(kept, blocks=np.ascontiguousarray(rows))
+            state[hf_name(tensor.name, arch)] = kept
+            continue
+        w = dequantize_tensor(tensor)
         if arch == "llama" and part in ("attn_q", "attn_k"):
             w = reverse_permute(w, n_head if part == "attn_q" else n_kv)
         elif arch == "gpt2" and part in _GPT2_CONV1D and tensor.name.endswith(".weight"):
