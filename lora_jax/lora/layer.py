@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lora_jax.quant import dense_kernel
+from lora_jax.quant import frozen_dot
 
 Dtype = Any
 
@@ -41,12 +41,9 @@ class LoraDense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        # The frozen kernel in the compute dtype; a quantized one (QLoRA) is dequantized here.
-        kernel = dense_kernel(
-            self, (x.shape[-1], self.features), self.kernel_init, self.param_dtype, self.dtype
-        )
+        # x·W with the frozen kernel; a quantized one (QLoRA) is dequantized on the fly.
+        y = frozen_dot(self, x, self.features, self.kernel_init, self.param_dtype, self.dtype)
         x = x.astype(self.dtype)
-        y = jnp.dot(x, kernel)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)

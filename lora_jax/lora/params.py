@@ -91,6 +91,8 @@ def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sig
         blocks = _blocks_of(path, lora_modules)
         module = _get(out, path)
         kernel = module["kernel"]
+        if is_quantized(kernel):  # QLoRA: merge into the dequantized base (a float32 kernel)
+            kernel = kernel.dequantize(jnp.float32)
         width = kernel.shape[1] // len(blocks)
         i = blocks.index(name)
         new = kernel.astype(jnp.float32).at[:, i * width : (i + 1) * width].add(sign * delta(ad))

@@ -2,9 +2,9 @@
 
 A :class:`QuantizedKernel` sits in the frozen params tree where a ``kernel [in, out]`` array would
 be. It is a pytree (its arrays are leaves, ``kind`` and ``shape`` static), so it passes through
-``jit`` as an argument and only the packed bytes are resident; :func:`dense_kernel`, called by
-``LoraDense``, turns it into the compute-dtype kernel inside the traced computation, per layer
-(XLA fuses the unpacking into the consumer or frees it right after the matmul).
+``jit`` as an argument and only the packed bytes are resident; :func:`frozen_dot`, called by
+``LoraDense``, dequantizes it inside the traced computation, per layer and per use (forward
+and, rematerialized, backward), so no float copy of the base outlives one matmul.
 
 The stored layout is the ``[out, in]`` weight of a torch ``nn.Linear`` (= the rows of a GGUF
 matrix), blocks running along the input dimension, as bitsandbytes and llama.cpp both quantize.
@@ -46,15 +46,26 @@ class QuantizedKernel:
             sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in self.data.values())
         )
 
-    def dequantize(self, dtype: Any = jnp.float32) -> jax.Array:
-        """The kernel ``[in, out]`` in ``dtype`` (computed in fp32, then cast)."""
+    def dequantize(self, dtype: Any = jnp.float32, after: jax.Array | None = None) -> jax.Array:
+        """The kernel ``[in, out]`` in ``dtype`` (computed in fp32, then cast).
+
+        ``after``: an array the dequantization is made to depend on, so that the scheduler
+        dequantizes this kernel where it is used rather than every kernel up front (XLA:CPU
+        drops optimization barriers and hoists parameter-only work, all float kernels alive at
+        once). Every stored array gets ``+ isnan(after[0])``: exact unless ``after`` holds a NaN,
+        when the matmul's output is NaN whatever the kernel.
+        """
+        data = self.data
+        if after is not None:
+            nan = jnp.isnan(jax.lax.stop_gradient(after.reshape(-1)[0]))
+            data = {k: v + nan.astype(v.dtype) for k, v in data.items()}
         d_in, d_out = self.shape
         if self.kind == "nf4":
-            w = nf4.dequantize(self.data, self.size).reshape(d_out, d_in)
+            w = nf4.dequantize(data, self.size).reshape(d_out, d_in)
         elif self.kind == "int8":
-            w = int8.dequantize(self.data)
+            w = int8.dequantize(data)
         else:
-            w = gguf_blocks.dequantize(self.kind, self.data["blocks"], d_in)
+            w = gguf_blocks.dequantize(self.kind, data["blocks"], d_in)
         return w.T.astype(dtype)
 
 
@@ -78,21 +89,64 @@ def from_gguf_blocks(kind: str, blocks: np.ndarray, d_in: int) -> QuantizedKerne
     return QuantizedKernel({"blocks": jnp.asarray(blocks)}, kind, (d_in, blocks.shape[0]))
 
 
-def dense_kernel(
-    module: nn.Module, shape: tuple[int, int], init: Any, param_dtype: Any, dtype: Any
+def frozen_dot(
+    module: nn.Module,
+    x: jax.Array,
+    features: int,
+    init: Any,
+    param_dtype: Any,
+    dtype: Any,
 ) -> jax.Array:
-    """The Dense kernel ``shape = [in, out]`` in the compute ``dtype``: a stored
-    :class:`QuantizedKernel` is dequantized here, else the ordinary ``params/kernel``."""
+    """``x [..., in] · kernel [in, features]`` in the compute ``dtype`` for a Dense ``module``.
+
+    A stored :class:`QuantizedKernel` is dequantized where it is used, in the forward and again
+    in the backward (a custom VJP whose only residual is the packed kernel), so a step holds at
+    most a layer's float kernels at a time rather than the float base (measured with XLA's
+    memory analysis in tests/quant/test_qlora_step.py). Otherwise the ordinary
+    ``params/kernel`` in ``param_dtype``.
+    """
+    shape = (x.shape[-1], features)
     if module.has_variable("params", "kernel"):
         stored = module.get_variable("params", "kernel")
         if isinstance(stored, QuantizedKernel):
-            if tuple(stored.shape) != tuple(shape):
+            if tuple(stored.shape) != shape:
                 raise ValueError(
                     f"quantized kernel of {module.name} has shape {stored.shape}, the layer "
-                    f"needs {tuple(shape)}; the checkpoint does not match the model config"
+                    f"needs {shape}; the checkpoint does not match the model config"
                 )
-            return stored.dequantize(dtype)
-    return module.param("kernel", init, shape, param_dtype).astype(dtype)
+            return _dequantize_dot(x.astype(dtype), stored, dtype)
+    kernel = module.param("kernel", init, shape, param_dtype)
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype))
+
+
+def _dequantize_dot(x: jax.Array, q: QuantizedKernel, dtype: Any) -> jax.Array:
+    """``x · dequantize(q)``; its VJP dequantizes again (only the packed ``q`` is a residual)."""
+    return _qdot(x.astype(dtype), q)
+
+
+@jax.custom_vjp
+def _qdot(x: jax.Array, q: QuantizedKernel) -> jax.Array:
+    return jnp.dot(x, q.dequantize(x.dtype, after=x))
+
+
+def _qdot_fwd(x: jax.Array, q: QuantizedKernel) -> tuple[jax.Array, QuantizedKernel]:
+    return _qdot(x, q), q
+
+
+def _qdot_bwd(q: QuantizedKernel, g: jax.Array) -> tuple[jax.Array, QuantizedKernel]:
+    dx = jnp.dot(g, q.dequantize(g.dtype, after=g).T)
+    zeros = jax.tree.map(  # the frozen kernel gets no gradient (integer leaves: float0)
+        lambda a: (
+            np.zeros(a.shape, jax.dtypes.float0)
+            if not jnp.issubdtype(a.dtype, jnp.floating)
+            else jnp.zeros_like(a)
+        ),
+        q,
+    )
+    return dx, zeros
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
 
 
 def is_quantized(x: Any) -> bool:

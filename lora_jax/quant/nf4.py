@@ -125,12 +125,12 @@ def quantize(w: np.ndarray, blocksize: int = BLOCKSIZE) -> dict[str, np.ndarray]
 
 
 def _blockwise_scale(values: jax.Array, scale: jax.Array, blocksize: int) -> jax.Array:
-    """``values [n] * scale[i // blocksize]`` (fp32)."""
+    """``values [n] * scale[i // blocksize]`` (fp32), as a reshape and a broadcast."""
     n = values.shape[0]
-    return (
-        values
-        * jnp.repeat(scale, blocksize, total_repeat_length=-(-n // blocksize) * blocksize)[:n]
-    )
+    pad = -n % blocksize
+    if pad:
+        values = jnp.pad(values, (0, pad))
+    return (values.reshape(-1, blocksize) * scale[:, None]).reshape(-1)[:n]
 
 
 def dequantize(data: dict[str, jax.Array], n: int, blocksize: int = BLOCKSIZE) -> jax.Array:
