@@ -13,7 +13,8 @@ from flax import traverse_util
 
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 from lora_jax.quant import frozen_bytes, is_quantized
 from lora_jax.step import make_train_step
 from tests.models.conftest_gguf import smollm2_gguf  # noqa: F401
