@@ -50,10 +50,22 @@ def setup():
     return module, params, lora, batch
 
 
-@pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_step_equals_the_step_on_the_dequantized_base(setup, kind):
+def test_int8_kernel_is_the_transposed_row_quantization(setup):
+    _, params, _, _ = setup
+    w = params["layers_0"]["mlp"]["down_proj"]["kernel"]  # [in, out]
+    qk = quantize_params(params, "int8", lora_modules(CFG))["layers_0"]["mlp"]["down_proj"][
+        "kernel"
+    ]
+    got = np.asarray(qk.dequantize())
+    assert qk.shape == w.shape and qk.nbytes == w.size + 4 * w.shape[1]  # int8 + fp32 per row
+    step = np.abs(np.asarray(w)).max(axis=0) / 127  # one scale per output feature
+    assert np.all(np.abs(got - np.asarray(w)) <= step / 2 + 1e-7)
+    assert not np.array_equal(got, np.asarray(w))
+
+
+def test_step_equals_the_step_on_the_dequantized_base(setup):
     module, params, lora, batch = setup
-    qparams = quantize_params(params, kind, lora_modules(CFG))
+    qparams = quantize_params(params, "nf4", lora_modules(CFG))
     n_q = sum(is_quantized(x) for x in jax.tree.leaves(qparams, is_leaf=is_quantized))
     assert n_q == 7 * CFG.num_layers  # every projection; embeddings, norms, LM head stay float
     dense = _dequantized(qparams)
