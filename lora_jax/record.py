@@ -11,7 +11,8 @@ key lookups elsewhere).
       "sweep": {sweep, model, task, targets, r, alpha, scale, scaling, lr, steps, tokens_seen,
                 seed}                            the key a report groups by
       "lora": {label, layers, modules: {q: {r, alpha, scale, blocks}, ...}}   the resolved targets
-      "params": {trainable, base, percent, per_module},
+      "params": {trainable, base, percent, per_module, frozen_bytes, frozen_bits_per_weight,
+                 quantized_weights, quantized_bits_per_weight}   (lora_jax.quant: QLoRA bases)
       "metrics": {eval, eval_before, train: {first_loss, final_loss, losses, steps, tokens_seen,
                   tokens_per_s}, validation: {loss, history: [[step, loss], ...], examples}},
       "main_metric": str | None,
