@@ -1,21 +1,39 @@
-"""Shared attention pieces: the explicit KV cache, default positions, masks and the attend call.
+"""Shared attention pieces: the explicit KV cache, default positions, and the attend call.
 
-The cache is a plain pytree so decoding code can jit, donate and reorder it::
+Attention runs through ``jax.nn.dot_product_attention`` with causality as a flag and padding
+as per-row key lengths, never as a materialised ``[B, 1, T, S]`` mask, except in the one case
+that lengths cannot express (see :func:`prepare_call`):
 
-    {"layers": ({"k": [B, S, kv_heads, head_dim], "v": [B, S, kv_heads, head_dim]}, ...),
-     "mask":   [B, S] bool,   # which slots hold a real (non-padding) token
-     "index":  [] int32}      # next slot to write
+- training / full forward, right-padded rows (``seq_lengths``, what the train step passes):
+  ``is_causal`` + ``key_value_seq_lengths``; no gather, no mask.
+- any ``attention_mask`` (left padding from ``decoding.generate``, or holes): each row is
+  *compacted* first (real tokens moved to the front in order, a stable argsort of the mask),
+  so it is right-padded; the outputs are put back in the input order at the end.
+- KV-cache decode steps (one new token per row): ``key_value_seq_lengths`` = tokens cached +
+  1; no mask.
+- multi-token calls into a cache (the prompt prefill), and any cached call of a sliding-window
+  model: a ``[B, 1, T, S]`` bool mask, because the causal diagonal starts at a different cache
+  slot in every row (``is_causal`` assumes it starts at slot 0 for all rows). It is built once
+  per call, not per step.
 
-Every leaf except ``index`` has batch as axis 0, so beam search can reorder it with
-``x[beam_idx]``. A call with ``T`` new tokens writes slots ``index .. index+T-1``; query ``t``
-attends to valid slots ``s <= index + t`` (earlier tokens and, causally, itself).
+The cache is a plain pytree whose leaves all have batch on axis 0 (beam search reorders it with
+``x[beam_idx]``)::
+
+    {"layers": ({"k": [B, kv_heads, S, head_dim], "v": [B, kv_heads, S, head_dim]}, ...),
+     "lengths": [B] int32}   # tokens cached per row: slots [0, lengths) are real
+
+Each row's cache is left-aligned (its real tokens in slots ``0 .. lengths-1``) whatever the
+padding of the prompt, so a row's new tokens are written at its own ``lengths``. K and V keep
+heads before slots so that the attention dot contracts them without transposing the whole
+cache in every layer at every step (the ``[B, S, H, hd]`` layout cost a full-cache transpose
+copy per layer per decode step on XLA:CPU).
 Positions default to the count of real tokens before each token, so left padding gives the
 same positions (and the same logits) as the unpadded sequence.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,114 +42,157 @@ Cache = dict[str, Any]
 LayerCache = dict[str, jax.Array]
 
 
+class AttnSpec(NamedTuple):
+    """What every layer's attention needs, computed once per call (a pytree of arrays).
+
+    kv_lengths: [B] int32, keys ``[0, kv_lengths)`` may be attended to (cache + new tokens).
+    start: [B] int32 cache slot of this call's first token, or None without a cache.
+    mask: [B, 1, T, S] bool, only for multi-token calls into a cache (else None).
+    """
+
+    kv_lengths: jax.Array
+    start: jax.Array | None
+    mask: jax.Array | None
+
+
 def init_kv_cache(
     num_layers: int, batch_size: int, max_len: int, kv_heads: int, head_dim: int, dtype: Any
 ) -> Cache:
-    """Zeros for ``num_layers`` layers of k/v ``[batch_size, max_len, kv_heads, head_dim]``."""
-    shape = (batch_size, max_len, kv_heads, head_dim)
+    """Zeros for ``num_layers`` layers of k/v ``[batch_size, kv_heads, max_len, head_dim]``."""
+    shape = (batch_size, kv_heads, max_len, head_dim)
     layers = tuple(
         {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)
     )
-    return {
-        "layers": layers,
-        "mask": jnp.zeros((batch_size, max_len), bool),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    return {"layers": layers, "lengths": jnp.zeros((batch_size,), jnp.int32)}
 
 
 def check_cache(cache: Cache, num_layers: int, batch_size: int, new_tokens: int) -> None:
     """Static checks (shapes only) with errors that say what to fix."""
-    if not isinstance(cache, dict) or set(cache) != {"layers", "mask", "index"}:
+    if not isinstance(cache, dict) or set(cache) != {"layers", "lengths"}:
         raise ValueError("cache must be the dict returned by registry.init_cache(cfg, B, max_len)")
     if len(cache["layers"]) != num_layers:
         raise ValueError(
             f"cache has {len(cache['layers'])} layers but the model has {num_layers}; "
             "build it with init_cache for this model's config"
         )
-    b, s = cache["mask"].shape
+    b, _, s, _ = cache["layers"][0]["k"].shape
     if b != batch_size:
         raise ValueError(f"cache batch size {b} != input batch size {batch_size}")
     if new_tokens > s:
         raise ValueError(f"{new_tokens} new tokens do not fit a cache of max_len {s}")
 
 
-def prepare(
-    attention_mask: jax.Array,
-    positions: jax.Array | None,
-    cache: Cache | None,
-    sliding_window: int | None = None,
-) -> tuple[jax.Array, jax.Array, Cache | None]:
-    """Positions, attention mask and the cache's updated slot mask for ``T`` new tokens.
+def prepare_call(
+    input_ids: jax.Array,
+    attention_mask: Any,
+    positions: Any,
+    cache: Any,
+    cfg: Any,
+    seq_lengths: Any = None,
+) -> tuple[jax.Array, jax.Array, AttnSpec, jax.Array | None]:
+    """The start of every model call.
 
-    attention_mask: [B, T] (1 = real). Returns ``positions [B, T] int32``,
-    ``mask [B, 1, T, S] bool`` (S = T without cache, max_len with it) and the cache with its
-    ``mask`` updated (k/v and ``index`` are written by :func:`write_and_read` / the model).
+    input_ids: [B, T]. Padding is given either by ``attention_mask [B, T]`` (1 = real, any
+    layout) or by ``seq_lengths [B]`` (right padding: tokens ``[0, len)`` are real); neither
+    means no padding. Returns ``(input_ids, positions [B, T] int32, spec, perm)`` where rows
+    given by a mask have been compacted by ``perm [B, T]`` (None when not) — undo it with
+    :func:`restore_order`.
     """
-    valid = attention_mask.astype(bool)
-    _, t = valid.shape
-    if cache is None:
-        index = jnp.zeros((), jnp.int32)
-        offset = jnp.zeros((valid.shape[0],), jnp.int32)
-        key_valid = valid
+    b, t = input_ids.shape
+    if attention_mask is not None and seq_lengths is not None:
+        raise ValueError("pass attention_mask or seq_lengths, not both")
+    start = None
+    if cache is not None:
+        check_cache(cache, cfg.num_layers, b, t)
+        start = cache["lengths"]
+    base = jnp.zeros((b,), jnp.int32) if start is None else start
+    perm = None
+    if attention_mask is not None:
+        valid = jnp.asarray(attention_mask).astype(bool)
+        n = jnp.sum(valid, axis=1, dtype=jnp.int32)
+        if positions is None:
+            positions = base[:, None] + jnp.maximum(jnp.cumsum(valid, 1, dtype=jnp.int32) - 1, 0)
+        perm = jnp.argsort(~valid, axis=1, stable=True)  # real tokens first, order kept
+        input_ids = jnp.take_along_axis(input_ids, perm, axis=1)
+        positions = jnp.take_along_axis(jnp.asarray(positions), perm, axis=1)
     else:
-        index = cache["index"]
-        offset = jnp.sum(cache["mask"], axis=1, dtype=jnp.int32)
-        key_valid = jax.lax.dynamic_update_slice(cache["mask"], valid, (0, index))
-        cache = {**cache, "mask": key_valid}
-    if positions is None:
-        positions = offset[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
-    q_slot = index + jnp.arange(t, dtype=jnp.int32)[:, None]  # [T, 1]
-    k_slot = jnp.arange(key_valid.shape[1], dtype=jnp.int32)[None, :]  # [1, S]
-    allowed = k_slot <= q_slot
-    if sliding_window is not None:
-        allowed = allowed & (q_slot - k_slot < sliding_window)
-    mask = key_valid[:, None, None, :] & allowed[None, None]
-    return positions.astype(jnp.int32), mask, cache
+        n = jnp.full((b,), t, jnp.int32) if seq_lengths is None else seq_lengths.astype(jnp.int32)
+        if positions is None:
+            positions = base[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    kv_lengths = base + n
+    mask = None
+    if cache is not None and (t > 1 or cfg.sliding_window is not None):
+        q_slot = (base[:, None] + jnp.arange(t, dtype=jnp.int32))[:, :, None]  # [B, T, 1]
+        k_slot = jnp.arange(cache["layers"][0]["k"].shape[2], dtype=jnp.int32)[None, None, :]
+        allowed = (k_slot <= q_slot) & (k_slot < kv_lengths[:, None, None])
+        if cfg.sliding_window is not None:
+            allowed = allowed & (q_slot - k_slot < cfg.sliding_window)
+        mask = allowed[:, None]
+    spec = AttnSpec(kv_lengths=kv_lengths, start=start, mask=mask)
+    return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, perm
 
 
 def write_and_read(
-    layer_cache: LayerCache | None, k: jax.Array, v: jax.Array, index: jax.Array | None
+    layer_cache: LayerCache | None, k: jax.Array, v: jax.Array, spec: AttnSpec
 ) -> tuple[jax.Array, jax.Array, LayerCache | None]:
-    """Write new ``k, v: [B, T, kv_heads, hd]`` at ``index``; return the keys/values to attend to."""
+    """Write new ``k, v: [B, T, kv_heads, hd]`` at each row's ``spec.start``; return the
+    keys/values to attend to, ``[B, S, kv_heads, hd]`` (a transposed view of the cache that the
+    attention dot folds away), and the updated layer cache."""
     if layer_cache is None:
         return k, v, None
-    ck = jax.lax.dynamic_update_slice(
-        layer_cache["k"], k.astype(layer_cache["k"].dtype), (0, index, 0, 0)
-    )
-    cv = jax.lax.dynamic_update_slice(
-        layer_cache["v"], v.astype(layer_cache["v"].dtype), (0, index, 0, 0)
-    )
-    return ck, cv, {"k": ck, "v": cv}
+
+    def put(c, x, i):  # c: [KV, S, hd], x: [T, KV, hd]
+        return jax.lax.dynamic_update_slice(c, jnp.swapaxes(x, 0, 1).astype(c.dtype), (0, i, 0))
+
+    ck = jax.vmap(put)(layer_cache["k"], k, spec.start)
+    cv = jax.vmap(put)(layer_cache["v"], v, spec.start)
+    return jnp.swapaxes(ck, 1, 2), jnp.swapaxes(cv, 1, 2), {"k": ck, "v": cv}
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Scaled dot-product attention; q: [B, T, H, hd], k/v: [B, S, KV, hd] (GQA when KV < H),
-    mask: [B, 1, T, S] bool. Softmax runs in fp32 (jax.nn.dot_product_attention). -> [B, T, H, hd]."""
+def _implementation(q: jax.Array) -> str | None:
+    """cuDNN's fused attention on GPU for half-precision inputs; else XLA's (jax 0.10's
+    ``implementation=None`` still means XLA everywhere)."""
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, spec: AttnSpec, sliding_window: int | None = None
+) -> jax.Array:
+    """Scaled dot-product attention; q: [B, T, H, hd], k/v: [B, S, KV, hd] (GQA when KV < H).
+    Softmax runs in fp32 (jax.nn.dot_product_attention). -> [B, T, H, hd]."""
     k = k.astype(q.dtype)
     v = v.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    if spec.mask is not None:  # multi-token call into a cache: see the module docstring
+        return jax.nn.dot_product_attention(q, k, v, mask=spec.mask)
+    # a row with no real token (filler rows) still attends to one key: finite outputs
+    kv_len = jnp.maximum(spec.kv_lengths, 1).astype(jnp.int32)
+    causal = spec.start is None  # one query per row into a cache: the lengths say it all
+    window = None if sliding_window is None else (sliding_window - 1, 0)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        is_causal=causal,
+        key_value_seq_lengths=kv_len,
+        local_window_size=window,
+        implementation=_implementation(q),
+    )
 
 
-def prepare_call(
-    input_ids: jax.Array, attention_mask: Any, positions: Any, cache: Any, cfg: Any
-) -> tuple[jax.Array, jax.Array, Any, Any]:
-    """The start of every model call: default all-ones mask, cache check, then
-    ``(positions [B, T], attention mask, cache, write index or None)``."""
-    b, t = input_ids.shape
-    if attention_mask is None:
-        attention_mask = jnp.ones((b, t), jnp.int32)
-    if cache is not None:
-        check_cache(cache, cfg.num_layers, b, t)
-    positions, mask, cache = prepare(attention_mask, positions, cache, cfg.sliding_window)
-    return positions, mask, cache, None if cache is None else cache["index"]
+def restore_order(x: jax.Array, perm: jax.Array | None) -> jax.Array:
+    """Undo :func:`prepare_call`'s row compaction on ``x: [B, T, ...]``."""
+    if perm is None:
+        return x
+    inv = jnp.argsort(perm, axis=1)
+    return jnp.take_along_axis(x, inv.reshape(inv.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def finish_call(logits: jax.Array, cache: Any, new_layers: list, index: Any, t: int):
-    """The end of every model call: ``(logits fp32, updated cache or None)``."""
+def finish_call(out: jax.Array, cache: Any, new_layers: list, spec: AttnSpec, perm: Any):
+    """The end of every model call: ``(logits fp32 or hidden states, updated cache or None)``,
+    in the input's token order."""
+    out = restore_order(out, perm)
     if cache is None:
-        return logits.astype(jnp.float32), None
-    return logits.astype(jnp.float32), {
-        "layers": tuple(new_layers),
-        "mask": cache["mask"],
-        "index": index + t,
-    }
+        return out, None
+    return out, {"layers": tuple(new_layers), "lengths": spec.kv_lengths}

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from lora_jax.lora.layer import LoraDense
 from lora_jax.models import attention as att
 from lora_jax.models.config import ModelConfig
+from lora_jax.models.layers import run_layers
 
 # Module path after the layer scope -> LoRA column blocks. The single source of truth for GPT-2.
 # c_attn fuses q, k, v as the original LoRA code's MergedLinear does (microsoft/LoRA loralib).
@@ -76,13 +77,13 @@ class _Common(nn.Module):
 
 class GPT2Attention(_Common):
     @nn.compact
-    def __call__(self, x, mask, layer_cache, index, deterministic):
+    def __call__(self, x, spec, layer_cache, deterministic):
         b, t, d = x.shape
         h, hd = self.cfg.num_heads, self.cfg.head_dim
         qkv = self.dense(3 * d, "attn.c_attn", "c_attn")(x, deterministic)
         q, k, v = (y.reshape(b, t, h, hd) for y in jnp.split(qkv, 3, axis=-1))
-        k, v, new_cache = att.write_and_read(layer_cache, k, v, index)
-        out = att.attend(q, k, v, mask).reshape(b, t, h * hd)
+        k, v, new_cache = att.write_and_read(layer_cache, k, v, spec)
+        out = att.attend(q, k, v, spec).reshape(b, t, h * hd)
         return self.dense(d, "attn.c_proj", "c_proj")(out, deterministic), new_cache
 
 
@@ -95,21 +96,28 @@ class GPT2MLP(_Common):
 
 
 class GPT2Block(_Common):
+    deterministic: bool = True
+
     @nn.compact
-    def __call__(self, x, mask, layer_cache, index, deterministic):
+    def __call__(self, x, positions, spec, layer_cache):
         kw = dict(cfg=self.cfg, dtype=self.dtype, param_dtype=self.param_dtype,
                   lora_dropout=self.lora_dropout)  # fmt: skip
         y = self.layer_norm("ln_1")(x).astype(self.dtype)
-        y, new_cache = GPT2Attention(**kw, name="attn")(y, mask, layer_cache, index, deterministic)
+        y, new_cache = GPT2Attention(**kw, name="attn")(y, spec, layer_cache, self.deterministic)
         x = x + y
         y = self.layer_norm("ln_2")(x).astype(self.dtype)
-        x = x + GPT2MLP(**kw, name="mlp")(y, deterministic)
+        x = x + GPT2MLP(**kw, name="mlp")(y, self.deterministic)
         return x, new_cache
 
 
 class GPT2LMHeadModel(_Common):
-    """GPT-2 LM. ``__call__(input_ids [B, T], attention_mask, positions, cache, deterministic)``
-    -> ``(logits [B, T, V] fp32, new_cache or None)``; see :mod:`lora_jax.models.attention`."""
+    """GPT-2 LM. ``__call__(input_ids [B, T], attention_mask, positions, cache, deterministic,
+    seq_lengths, return_hidden)`` -> ``(logits [B, T, V] fp32 — or the final hidden states
+    [B, T, d] with return_hidden — , new_cache or None)``; see :mod:`lora_jax.models.attention`.
+    ``scan_layers`` / ``remat``: see :mod:`lora_jax.models.layers`."""
+
+    scan_layers: bool = False
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -119,10 +127,12 @@ class GPT2LMHeadModel(_Common):
         positions: jax.Array | None = None,
         cache: att.Cache | None = None,
         deterministic: bool = True,
+        seq_lengths: jax.Array | None = None,
+        return_hidden: bool = False,
     ) -> tuple[jax.Array, att.Cache | None]:
         cfg = self.cfg
-        positions, mask, cache, index = att.prepare_call(
-            input_ids, attention_mask, positions, cache, cfg
+        input_ids, positions, spec, perm = att.prepare_call(
+            input_ids, attention_mask, positions, cache, cfg, seq_lengths
         )
         embed = dict(dtype=self.dtype, param_dtype=self.param_dtype,
                      embedding_init=nn.initializers.normal(0.02))  # fmt: skip
@@ -130,12 +140,17 @@ class GPT2LMHeadModel(_Common):
         wpe = nn.Embed(cfg.max_position_embeddings, cfg.hidden_size, **embed, name="wpe")
         x = wte(input_ids) + wpe(positions)
         kw = dict(cfg=cfg, dtype=self.dtype, param_dtype=self.param_dtype,
-                  lora_dropout=self.lora_dropout)  # fmt: skip
-        new_layers = []
-        for i in range(cfg.num_layers):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, lc = GPT2Block(**kw, name=f"h_{i}")(x, mask, layer_cache, index, deterministic)
-            new_layers.append(lc)
+                  lora_dropout=self.lora_dropout, deterministic=deterministic)  # fmt: skip
+        x, new_layers = run_layers(
+            GPT2Block, kw, "h", cfg.num_layers, x, positions, spec, cache,
+            self.scan_layers, self.remat,
+        )  # fmt: skip
         x = self.layer_norm("ln_f")(x).astype(self.dtype)
+        if return_hidden:
+            return att.finish_call(x, cache, new_layers, spec, perm)
         logits = jnp.dot(x, wte.embedding.T.astype(self.dtype), preferred_element_type=jnp.float32)
-        return att.finish_call(logits, cache, new_layers, index, input_ids.shape[1])
+        return att.finish_call(logits, cache, new_layers, spec, perm)
+
+    def head_kernel(self, params: dict) -> jax.Array:
+        """The LM head as a ``[d, V]`` matrix (tied: the token embedding transposed)."""
+        return params["wte"]["embedding"].T

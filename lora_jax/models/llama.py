@@ -24,6 +24,7 @@ from lora_jax.lora.layer import LoraDense
 from lora_jax.models import attention as att
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.gpt2 import activation
+from lora_jax.models.layers import run_layers
 
 # Module path after the layer scope -> LoRA column blocks. The single source of truth for Llama.
 LORA_MODULES: dict[str, tuple[str, ...]] = {
@@ -136,7 +137,7 @@ class _Common(nn.Module):
 
 class LlamaAttention(_Common):
     @nn.compact
-    def __call__(self, x, positions, mask, layer_cache, index, deterministic):
+    def __call__(self, x, positions, spec, layer_cache, deterministic):
         cfg = self.cfg
         b, t, _ = x.shape
         h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -148,8 +149,8 @@ class LlamaAttention(_Common):
         inv_freq = rope_inv_freq(cfg)
         q = apply_rope(q.reshape(b, t, h, hd), positions, inv_freq)
         k = apply_rope(k.reshape(b, t, kvh, hd), positions, inv_freq)
-        k, v, new_cache = att.write_and_read(layer_cache, k, v.reshape(b, t, kvh, hd), index)
-        out = att.attend(q, k, v, mask).reshape(b, t, h * hd)
+        k, v, new_cache = att.write_and_read(layer_cache, k, v.reshape(b, t, kvh, hd), spec)
+        out = att.attend(q, k, v, spec, cfg.sliding_window).reshape(b, t, h * hd)
         return self.dense(cfg.hidden_size, "self_attn.o_proj", o_bias)(
             out, deterministic
         ), new_cache
@@ -166,20 +167,27 @@ class LlamaMLP(_Common):
 
 
 class LlamaBlock(_Common):
+    deterministic: bool = True
+
     @nn.compact
-    def __call__(self, x, positions, mask, layer_cache, index, deterministic):
+    def __call__(self, x, positions, spec, layer_cache):
         y = self.norm("input_layernorm")(x)
         y, new_cache = LlamaAttention(**self.kw, name="self_attn")(
-            y, positions, mask, layer_cache, index, deterministic
+            y, positions, spec, layer_cache, self.deterministic
         )
         x = x + y
         y = self.norm("post_attention_layernorm")(x)
-        return x + LlamaMLP(**self.kw, name="mlp")(y, deterministic), new_cache
+        return x + LlamaMLP(**self.kw, name="mlp")(y, self.deterministic), new_cache
 
 
 class LlamaForCausalLM(_Common):
     """Llama-family LM. ``__call__(input_ids [B, T], attention_mask, positions, cache,
-    deterministic)`` -> ``(logits [B, T, V] fp32, new_cache or None)``."""
+    deterministic, seq_lengths, return_hidden)`` -> ``(logits [B, T, V] fp32 — or the final
+    hidden states [B, T, d] with return_hidden — , new_cache or None)``; see
+    :mod:`lora_jax.models.attention`. ``scan_layers`` / ``remat``: :mod:`lora_jax.models.layers`."""
+
+    scan_layers: bool = False
+    remat: str = "none"
 
     @nn.compact
     def __call__(
@@ -189,10 +197,12 @@ class LlamaForCausalLM(_Common):
         positions: jax.Array | None = None,
         cache: att.Cache | None = None,
         deterministic: bool = True,
+        seq_lengths: jax.Array | None = None,
+        return_hidden: bool = False,
     ) -> tuple[jax.Array, att.Cache | None]:
         cfg = self.cfg
-        positions, mask, cache, index = att.prepare_call(
-            input_ids, attention_mask, positions, cache, cfg
+        input_ids, positions, spec, perm = att.prepare_call(
+            input_ids, attention_mask, positions, cache, cfg, seq_lengths
         )
         embed = nn.Embed(
             cfg.vocab_size,
@@ -203,18 +213,23 @@ class LlamaForCausalLM(_Common):
             name="embed_tokens",
         )
         x = embed(input_ids)
-        new_layers = []
-        for i in range(cfg.num_layers):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, lc = LlamaBlock(**self.kw, name=f"layers_{i}")(
-                x, positions, mask, layer_cache, index, deterministic
-            )
-            new_layers.append(lc)
+        x, new_layers = run_layers(
+            LlamaBlock, {**self.kw, "deterministic": deterministic}, "layers", cfg.num_layers,
+            x, positions, spec, cache, self.scan_layers, self.remat,
+        )  # fmt: skip
         x = self.norm("norm")(x)
+        if return_hidden:
+            return att.finish_call(x, cache, new_layers, spec, perm)
         if cfg.tie_word_embeddings:
             logits = jnp.dot(
                 x, embed.embedding.T.astype(self.dtype), preferred_element_type=jnp.float32
             )
         else:
             logits = LMHead(cfg.vocab_size, self.dtype, self.param_dtype, name="lm_head")(x)
-        return att.finish_call(logits, cache, new_layers, index, input_ids.shape[1])
+        return att.finish_call(logits, cache, new_layers, spec, perm)
+
+    def head_kernel(self, params: dict) -> jax.Array:
+        """The LM head as a ``[d, V]`` matrix (tied: the token embedding transposed)."""
+        if self.cfg.tie_word_embeddings:
+            return params["embed_tokens"]["embedding"].T
+        return params["lm_head"]["kernel"]
