@@ -4,6 +4,12 @@
 differentiates the LoRA tree only: the frozen params are a plain input, so XLA never forms
 their gradient, and the LoRA branch is computed unmerged inside the Dense layers (W + s·BA is
 never materialized). ``lora`` and ``opt_state`` are donated.
+
+Batches are right-padded (lora_jax/tasks/batching.py): the model gets per-row lengths
+(``seq_lengths``), so attention needs no mask (causal flag + key lengths).
+With ``loss_chunk`` set, the model returns its final hidden states and the LM head runs inside
+the loss, ``loss_chunk`` target tokens at a time (:func:`lm_loss_chunked`), so ``[B, T, V]``
+fp32 logits never exist at once.
 """
 
 from __future__ import annotations
@@ -42,15 +48,85 @@ def lm_loss(
     return (per_tok * w).sum() / n, {"nll": (nll * w).sum() / n, "tokens": w.sum()}
 
 
-def _forward(module: nn.Module, variables: dict, batch: Batch, rng: jax.Array | None) -> jax.Array:
-    logits, _ = module.apply(
+def lm_loss_chunked(
+    hidden: jax.Array,
+    head: jax.Array,
+    batch: Batch,
+    label_smoothing: float = 0.0,
+    chunk: int = 1024,
+) -> tuple[jax.Array, dict]:
+    """:func:`lm_loss` from the final hidden states ``[B, T, d]`` and the LM head ``[d, V]``:
+    target tokens go through the head ``chunk`` at a time (``jax.lax.map`` over a
+    rematerialised body), so at most ``[chunk, V]`` fp32 logits are live, in the forward and in
+    the backward. Logits are ``hidden · head`` in the hidden states' dtype, accumulated in fp32,
+    as the models compute them."""
+    b, t, d = hidden.shape
+    n = b * (t - 1)
+    h = hidden[:, :-1].reshape(n, d)
+    labels = batch["input_ids"][:, 1:].reshape(n)
+    w = batch["loss_mask"][:, 1:].astype(jnp.float32).reshape(n)
+    chunk = max(1, min(chunk, n))
+    pad = (-n) % chunk
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        labels, w = jnp.pad(labels, (0, pad)), jnp.pad(w, (0, pad))
+    head = head.astype(hidden.dtype)
+
+    @jax.checkpoint
+    def part(args):
+        hc, lc, wc = args
+        logits = jnp.dot(hc, head, preferred_element_type=jnp.float32)  # [chunk, V]
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        nll = lse - jnp.take_along_axis(logits, lc[:, None], axis=-1)[:, 0]
+        smooth = lse - logits.mean(axis=-1) if label_smoothing > 0.0 else nll
+        return jnp.stack([(nll * wc).sum(), (smooth * wc).sum()])
+
+    k = (n + pad) // chunk
+    sums = jax.lax.map(
+        part, (h.reshape(k, chunk, d), labels.reshape(k, chunk), w.reshape(k, chunk))
+    ).sum(axis=0)
+    ntok = jnp.maximum(w.sum(), 1.0)
+    nll = sums[0] / ntok
+    loss = (1.0 - label_smoothing) * nll + label_smoothing * sums[1] / ntok
+    return loss, {"nll": nll, "tokens": w.sum()}
+
+
+def _forward(
+    module: nn.Module,
+    variables: dict,
+    batch: Batch,
+    rng: jax.Array | None,
+    hidden: bool = False,
+) -> jax.Array:
+    """Logits ``[B, T, V]`` fp32 (or the final hidden states ``[B, T, d]``) of a right-padded
+    batch."""
+    out, _ = module.apply(
         variables,
         batch["input_ids"],
-        attention_mask=batch["attention_mask"],
+        seq_lengths=jnp.sum(batch["attention_mask"], axis=1, dtype=jnp.int32),
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
+        return_hidden=hidden,
     )
-    return logits
+    return out
+
+
+def make_loss(
+    module: nn.Module, label_smoothing: float = 0.0, loss_chunk: int | None = None
+) -> Callable:
+    """``loss(variables, batch, rng) -> (loss, aux)``: plain (:func:`lm_loss`) or, with
+    ``loss_chunk``, chunked over target tokens (:func:`lm_loss_chunked`)."""
+    if loss_chunk is not None and loss_chunk < 1:
+        raise ValueError(f"loss_chunk must be a positive token count or null, got {loss_chunk}")
+
+    def loss(variables, batch, rng):
+        if loss_chunk is None:
+            return lm_loss(_forward(module, variables, batch, rng), batch, label_smoothing)
+        hidden = _forward(module, variables, batch, rng, hidden=True)
+        head = module.head_kernel(variables["params"])
+        return lm_loss_chunked(hidden, head, batch, label_smoothing, loss_chunk)
+
+    return loss
 
 
 def make_train_step(
@@ -60,12 +136,13 @@ def make_train_step(
     label_smoothing: float = 0.0,
     dropout: bool = False,
     jit: bool = True,
+    loss_chunk: int | None = None,
 ) -> Callable:
     """``train_step(lora, opt_state, frozen, batch, rng) -> (lora, opt_state, metrics)``."""
+    loss = make_loss(module, label_smoothing, loss_chunk)
 
     def loss_fn(lora, frozen, batch, rng):
-        logits = _forward(module, {"params": frozen, "lora": lora}, batch, rng if dropout else None)
-        return lm_loss(logits, batch, label_smoothing)
+        return loss({"params": frozen, "lora": lora}, batch, rng if dropout else None)
 
     def train_step(lora, opt_state, frozen, batch, rng):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora, frozen, batch, rng)
@@ -89,13 +166,15 @@ def make_full_finetune_step(
     *,
     label_smoothing: float = 0.0,
     jit: bool = True,
+    loss_chunk: int | None = None,
 ) -> Callable:
     """Full fine-tuning of every base parameter (the FLOPs/memory baseline):
     ``step(params, opt_state, batch) -> (params, opt_state, metrics)``."""
+    loss = make_loss(module, label_smoothing, loss_chunk)
 
     def step(params, opt_state, batch):
         def loss_fn(p):
-            return lm_loss(_forward(module, {"params": p}, batch, None), batch, label_smoothing)
+            return loss({"params": p}, batch, None)
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
