@@ -170,11 +170,11 @@ def make_full_finetune_step(
 ) -> Callable:
     """Full fine-tuning of every base parameter (the FLOPs/memory baseline):
     ``step(params, opt_state, batch) -> (params, opt_state, metrics)``."""
-    loss = make_loss(module, label_smoothing, loss_chunk)
+    loss_of = make_loss(module, label_smoothing, loss_chunk)
 
     def step(params, opt_state, batch):
         def loss_fn(p):
-            return loss({"params": p}, batch, None)
+            return loss_of({"params": p}, batch, None)
 
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
