@@ -110,6 +110,9 @@ class TrainerCfg:
     # Held-out pairs of the task's eval split for the validation loss (lora_jax/validation.py),
     # computed at eval points and at the end; 0 disables it.
     val_examples: int = 256
+    remat: str = "none"  # none | block | dots_saveable | full (lora_jax/models/layers.py)
+    scan: bool = False  # nn.scan over layers: one compiled block for any depth
+    loss_chunk: int | None = None  # target tokens per LM-head chunk in the loss; null = plain
 
 
 @dataclass

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lora_jax.models.layers import stack_layers
+
 Batch = Mapping[str, jax.Array]  # input_ids [B, T] int32, attention_mask [B, T], loss_mask [B, T]
 
 
@@ -137,11 +139,18 @@ def make_train_step(
     dropout: bool = False,
     jit: bool = True,
     loss_chunk: int | None = None,
+    scan_prefix: str | None = None,
 ) -> Callable:
-    """``train_step(lora, opt_state, frozen, batch, rng) -> (lora, opt_state, metrics)``."""
+    """``train_step(lora, opt_state, frozen, batch, rng) -> (lora, opt_state, metrics)``.
+
+    ``scan_prefix`` (for a module built with ``scan_layers=True``): ``frozen`` is given stacked
+    (:func:`lora_jax.models.layers.stack_layers`, once, outside the step) while ``lora`` and
+    ``opt_state`` keep the per-layer tree; the small LoRA tree is stacked inside the step."""
     loss = make_loss(module, label_smoothing, loss_chunk)
 
     def loss_fn(lora, frozen, batch, rng):
+        if scan_prefix is not None:
+            lora = stack_layers(lora, scan_prefix)
         return loss({"params": frozen, "lora": lora}, batch, rng if dropout else None)
 
     def train_step(lora, opt_state, frozen, batch, rng):

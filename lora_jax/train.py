@@ -130,6 +130,17 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resolved: dict, ckpt: Checkpoint
     return results
 
 
+def _speed_options(tcfg: DictConfig, module, frozen: dict, family: str):
+    """The training module with ``trainer.remat`` / ``trainer.scan``, the frozen tree in its
+    layout (scan: a stacked copy, made once) and the scan prefix (or None)."""
+    from lora_jax.models.layers import LAYER_PREFIX, stack_layers
+
+    module = module.clone(remat=tcfg.remat, scan_layers=tcfg.scan)
+    if not tcfg.scan:
+        return module, frozen, None
+    return module, stack_layers(frozen, LAYER_PREFIX[family]), LAYER_PREFIX[family]
+
+
 def _train_and_eval(
     cfg: DictConfig, run_dir: Path, results: dict, tracker: Tracker, ckpt: Checkpointer
 ) -> None:
@@ -227,9 +238,11 @@ def _train_and_eval(
         validate(0)
 
     # 5. The loop: one jitted step; device metrics are fetched only at log points.
+    train_module, frozen_step, prefix = _speed_options(tcfg, module, frozen, lm.config.family)
     step_fn = make_train_step(
-        module, tx, label_smoothing=ocfg.label_smoothing, dropout=cfg.lora.dropout > 0
-    )
+        train_module, tx, label_smoothing=ocfg.label_smoothing, dropout=cfg.lora.dropout > 0,
+        loss_chunk=tcfg.loss_chunk, scan_prefix=prefix,
+    )  # fmt: skip
     key = jax.random.PRNGKey(cfg.seed)
     train_m = results["metrics"]["train"]
     pending: list[dict] = []
@@ -249,7 +262,9 @@ def _train_and_eval(
         batch = batches.batch_at(step)
         n_tokens = int(batch["attention_mask"].sum())
         window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
-        lora, opt_state, m = step_fn(lora, opt_state, frozen, batch, jax.random.fold_in(key, step))
+        lora, opt_state, m = step_fn(
+            lora, opt_state, frozen_step, batch, jax.random.fold_in(key, step)
+        )
         pending.append(m)
         done = step + 1
         if window_t0 is None:  # exclude the compile from throughput

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+LAYER_PREFIX = {"gpt2": "h", "llama": "layers"}  # per-layer scope names: {prefix}_{i}
+
 REMAT_POLICIES = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
