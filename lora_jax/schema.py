@@ -113,6 +113,8 @@ class TrainerCfg:
     remat: str = "none"  # none | block | dots_saveable | full (lora_jax/models/layers.py)
     scan: bool = False  # nn.scan over layers: one compiled block for any depth
     loss_chunk: int | None = None  # target tokens per LM-head chunk in the loss; null = plain
+    sort_window: int = 0  # batches whose examples are sorted by length (less padding); 0 = off
+    bucket_step: int | None = None  # padded lengths every N tokens; null = powers of two
 
 
 @dataclass

@@ -46,7 +46,7 @@ from lora_jax.optimizer import build_optimizer
 from lora_jax.runguard import PREEMPTION, Preempted, RunDirInUse, RunDirLock, SweepStatus
 from lora_jax.step import make_eval_loss, make_train_step
 from lora_jax.tasks import get_task
-from lora_jax.tasks.batching import TrainBatches, default_buckets
+from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
 from lora_jax.tasks.formatting import encode_example
 from lora_jax.tasks.sample import write_e2e_sample
 from lora_jax.tracking import Tracker, console
@@ -200,8 +200,10 @@ def _train_and_eval(
         encode_example(tok, ex, cfg.task.format, cfg.task.max_len, task, cfg.task.add_bos)
         for ex in train
     ]
+    buckets = (default_buckets(cfg.task.max_len) if tcfg.bucket_step is None
+               else linear_buckets(cfg.task.max_len, tcfg.bucket_step))  # fmt: skip
     batches = TrainBatches(
-        encoded, tcfg.batch_size, cfg.seed, default_buckets(cfg.task.max_len), tok.pad_id
+        encoded, tcfg.batch_size, cfg.seed, buckets, tok.pad_id, sort_window=tcfg.sort_window
     )
     micro_steps = _total_steps(tcfg, batches.steps_per_epoch)
     tx, lr_fn = build_optimizer(

@@ -1,0 +1,86 @@
+"""The same case in HF PEFT, same process: eager and ``torch.compile``; bf16 autocast on GPU,
+fp32 on CPU; AdamW on the trainable params; loss via ``labels=input_ids``. Conditions copied
+from the project's PEFT anchor (random init, dropout 0, N timed steps after warm-up)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from lora_jax.bench.cases import Case
+from lora_jax.models.config import ModelConfig
+
+HF_LLAMA = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}  # fmt: skip
+HF_GPT2 = {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
+           "down": "mlp.c_proj"}  # fmt: skip
+
+
+def _hf_model(case: Case, cfg: ModelConfig | None):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if cfg is None:
+        from transformers import AutoModelForCausalLM
+
+        gguf = os.environ["LORA_JAX_SMOLLM2_GGUF"]
+        d, name = os.path.dirname(gguf), os.path.basename(gguf)
+        return AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+    if cfg.family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+            n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
+            n_positions=cfg.max_position_embeddings))  # fmt: skip
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings))  # fmt: skip
+
+
+def run_peft(
+    case: Case, cfg: ModelConfig | None, compile_: bool, warmup: int = 2, repeats: int = 5
+) -> dict:
+    """``{"step_s", "tokens_per_s", "peak_bytes" (CUDA only), "trainable"}`` of one variant."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = _hf_model(case, cfg)
+    if not case.full:
+        names = HF_GPT2 if model.config.model_type == "gpt2" else HF_LLAMA
+        targets = sorted({names[t] for t in case.targets})
+        lcfg = LoraConfig(r=case.r, lora_alpha=2 * case.r, target_modules=targets, lora_dropout=0.0)
+        model = get_peft_model(model, lcfg)
+    model = model.to(dev).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+    fwd = torch.compile(model) if compile_ else model
+    x = torch.randint(0, model.config.vocab_size, (case.batch, case.seq), device=dev)
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=dev == "cuda"):
+            out = fwd(input_ids=x, labels=x, use_cache=False)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return float(out.loss.detach())
+
+    for _ in range(warmup + 1):
+        step()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    out = {"step_s": s, "tokens_per_s": case.batch * case.seq / s,
+           "trainable": sum(p.numel() for p in params)}  # fmt: skip
+    out["peak_bytes"] = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+    return out
