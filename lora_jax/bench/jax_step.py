@@ -85,7 +85,7 @@ def _model(case: Case, cfg: ModelConfig | None, dtype: str, param_dtype: str, re
     if cfg is None:  # SmolLM2: the real checkpoint
         import os
 
-        from lora_jax.models.registry import load_model
+        from lora_jax.models.pretrained import load_model
 
         gguf = os.environ.get("LORA_JAX_SMOLLM2_GGUF")
         if not gguf:
