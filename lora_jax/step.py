@@ -108,7 +108,7 @@ def _forward(
         seq_lengths=jnp.sum(batch["attention_mask"], axis=1, dtype=jnp.int32),
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
-        return_hidden=hidden,
+        **({"return_hidden": True} if hidden else {}),
     )
     return out
 

@@ -26,10 +26,18 @@ class ToyLM(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids, attention_mask=None, positions=None, cache=None, deterministic=True
+        self,
+        input_ids,
+        attention_mask=None,
+        positions=None,
+        cache=None,
+        deterministic=True,
+        seq_lengths=None,
     ):
         emb = nn.Embed(self.vocab, self.d, name="wte", param_dtype=self.param_dtype)
         x = emb(input_ids).astype(jnp.float32)
+        if seq_lengths is not None:  # right padding given by lengths (the train step's form)
+            attention_mask = jnp.arange(input_ids.shape[1])[None] < seq_lengths[:, None]
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         mask = attention_mask[:, None, None, :].astype(bool)
