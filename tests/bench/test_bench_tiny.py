@@ -7,15 +7,15 @@ from lora_jax.bench.__main__ import main
 
 def test_bench_tiny_runs_every_case(capsys):
     rows = main(["--tiny", "--warmup", "0", "--repeats", "1", "--cases",
-                 "gpt2m-qv-r4,gpt2m-full,tinyllama-all-r8"])  # fmt: skip
+                 "gpt2m-qv-r4,tinyllama-all-r8,tinyllama-full"])  # fmt: skip
     out = capsys.readouterr().out
-    assert [r["case"] for r in rows] == ["gpt2m-qv-r4", "gpt2m-full", "tinyllama-all-r8"]
+    assert [r["case"] for r in rows] == ["gpt2m-qv-r4", "tinyllama-all-r8", "tinyllama-full"]
     for r in rows:
         assert r["tokens_per_s"] > 0 and r["step_s"] > 0 and r["trainable"] > 0
         # XLA's count and the formula (4N frozen + 6N adapter + attention) agree to ~2x
         assert 0.5 < r["flops_xla"] / r["flops_formula"] < 2.0, r
         assert r["case"] in out
-    lora, full = rows[0], rows[1]
-    assert full["trainable"] > 50 * lora["trainable"]
+    lora, full = rows[1], rows[2]  # the same tiny Llama
+    assert full["trainable"] > 3 * lora["trainable"]
     assert full["flops_formula"] > lora["flops_formula"]
     assert "MFU n/a" in out  # no peak FLOP/s known for a CPU

@@ -138,9 +138,8 @@ def test_remat_lowers_temp_memory_and_bad_policy_errors():
         compiled = step.lower(lora, opt, stacked, batch, jax.random.key(0)).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
-    none, block, full = temp("none"), temp("block"), temp("full")
-    assert full < block < none
-    assert full < 0.5 * none, (none, block, full)
+    none, full = temp("none"), temp("full")
+    assert full < 0.5 * none, (none, full)
     with pytest.raises(ValueError, match="unknown remat policy 'some'"):
         module.clone(remat="some").init(jax.random.key(0), batch["input_ids"])
 
