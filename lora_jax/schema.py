@@ -115,6 +115,9 @@ class TrainerCfg:
     loss_chunk: int | None = None  # target tokens per LM-head chunk in the loss; null = plain
     sort_window: int = 0  # batches whose examples are sorted by length (less padding); 0 = off
     bucket_step: int | None = None  # padded lengths every N tokens; null = powers of two
+    # Seed of the batch order; null = `seed`. Set it (e.g. 0) to give runs that differ in `seed`
+    # one data order, so hydra/launcher=packed can train them in one pack.
+    data_seed: int | None = None
 
 
 @dataclass

@@ -41,7 +41,7 @@ def lm_loss(
     w = batch["loss_mask"][:, 1:].astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     nll = lse - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    if label_smoothing > 0.0:
+    if not isinstance(label_smoothing, (int, float)) or label_smoothing > 0.0:  # traced: packs
         smooth = lse - logits.mean(axis=-1)
         per_tok = (1.0 - label_smoothing) * nll + label_smoothing * smooth
     else:

@@ -203,7 +203,7 @@ def _train_and_eval(
     buckets = (default_buckets(cfg.task.max_len) if tcfg.bucket_step is None
                else linear_buckets(cfg.task.max_len, tcfg.bucket_step))  # fmt: skip
     batches = TrainBatches(
-        encoded, tcfg.batch_size, cfg.seed, buckets, tok.pad_id, sort_window=tcfg.sort_window
+        encoded, tcfg.batch_size, data_seed(cfg), buckets, tok.pad_id, sort_window=tcfg.sort_window
     )
     micro_steps = _total_steps(tcfg, batches.steps_per_epoch)
     tx, lr_fn = build_optimizer(
@@ -344,6 +344,12 @@ def _restore_record(results: dict, meta: dict, step: int) -> None:
     if meta.get("eval_before"):
         results["metrics"]["eval_before"] = meta["eval_before"]
     results["run"]["resumed_at"] = step
+
+
+def data_seed(cfg: DictConfig) -> int:
+    """The seed of the batch order: ``trainer.data_seed``, or ``seed`` when it is null."""
+    ds = cfg.trainer.get("data_seed")
+    return int(cfg.seed if ds is None else ds)
 
 
 def _log_eval(tracker: Tracker, metrics: dict, step: int) -> None:

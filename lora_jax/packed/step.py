@@ -1,0 +1,106 @@
+"""One jitted training step for K jobs: ``jax.vmap`` of the solo step over the adapter axis.
+
+``step(lora, opt_state, ok, mask, hp, keys, frozen, batch, step) -> (lora, opt_state, ok,
+metrics)``: ``lora``/``opt_state``/``mask``/``hp``/``keys``/``ok`` carry a leading K axis
+(lora_jax.packed.stack); the frozen base and the batch are shared (``in_axes=None``).
+
+Per job, the step is the solo one (lora_jax.step) with its hyperparameters as traced values:
+AdamW (b1, b2, eps, weight decay) after global-norm clipping (``grad_clip = inf`` when the job
+has none: ``clip_by_global_norm`` then selects the unscaled update exactly), the learning rate
+read from the job's own schedule table ``hp["lr"][count]`` (the values of the solo run's
+schedule, lora_jax.optim.schedule), label smoothing as a traced ε (ε = 0 gives the plain NLL
+exactly), dropout from the job's key folded with the step as the solo run does. Updates are
+multiplied by the trainable mask. A job whose loss or new parameters are not finite keeps its
+last state and its ``ok`` flag drops to False for good: the other jobs are unaffected and no
+host sync is added (the runner reads ``ok`` at log points).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lora_jax.lora import make_optimizer
+from lora_jax.step import _forward, lm_loss
+
+HP_KEYS = ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")
+
+
+def job_hyperparams(
+    optim_cfgs: list[Mapping[str, Any]], lr_fns: list[Callable], total: int
+) -> dict:
+    """Per-job hyperparameters, each [K] float32, and ``lr``: [K, total + 1], job k's schedule
+    at optimizer counts 0..total (evaluated by the same jitted schedule function as the solo
+    run's optimizer)."""
+    counts = jnp.arange(total + 1)
+    lr = np.stack([np.asarray(jax.jit(jax.vmap(f))(counts), np.float32) for f in lr_fns])
+    hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], np.float32) for k in HP_KEYS}
+    hp["grad_clip"] = np.asarray([float(c["grad_clip"]) if c.get("grad_clip") else np.inf
+                                  for c in optim_cfgs], np.float32)  # fmt: skip
+    return {k: jnp.asarray(v) for k, v in hp.items()} | {"lr": jnp.asarray(lr)}
+
+
+def job_optimizer(
+    hp: Mapping[str, jax.Array], lora_like: Any, grad_accum: int
+) -> optax.GradientTransformation:
+    """One job's optax transform from its (traced) hyperparameters; the same chain as
+    lora_jax.optim.build_optimizer."""
+    table = hp["lr"]
+    lr = lambda count: table[jnp.minimum(count, table.shape[0] - 1)]
+    tx = optax.chain(
+        optax.clip_by_global_norm(hp["grad_clip"]),
+        optax.adamw(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"], weight_decay=hp["weight_decay"]),
+    )
+    tx = make_optimizer(tx, lora_like)
+    if grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=grad_accum)
+    return tx
+
+
+def init_opt_state(stacked: Any, hp: Mapping[str, jax.Array], grad_accum: int) -> Any:
+    """Each job's optimizer state, stacked on the K axis."""
+    return jax.vmap(lambda lora, h: job_optimizer(h, lora, grad_accum).init(lora))(
+        stacked, dict(hp)
+    )
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def make_packed_step(
+    module: nn.Module, *, grad_accum: int = 1, dropout: bool = False, jit: bool = True
+) -> Callable:
+    """``step(lora, opt_state, ok, mask, hp, keys, frozen, batch, step)``; see the module doc."""
+
+    def loss_fn(lora, frozen, batch, rng, eps):
+        logits = _forward(module, {"params": frozen, "lora": lora}, batch, rng if dropout else None)
+        return lm_loss(logits, batch, eps)
+
+    def job_step(lora, opt_state, ok, mask, hp, key, frozen, batch, step):
+        rng = jax.random.fold_in(key, step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            lora, frozen, batch, rng, hp["label_smoothing"]
+        )
+        updates, new_opt = job_optimizer(hp, lora, grad_accum).update(grads, opt_state, lora)
+        updates = jax.tree.map(lambda u, m: jnp.where(m > 0, u, 0.0), updates, mask)
+        new = optax.apply_updates(lora, updates)
+        keep = ok & jnp.isfinite(loss) & _all_finite(new)
+        pick = lambda n, o: jnp.where(keep, n, o)
+        metrics = {
+            "loss": loss,
+            "nll": aux["nll"],
+            "tokens": aux["tokens"],
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+        }
+        return jax.tree.map(pick, new, lora), jax.tree.map(pick, new_opt, opt_state), keep, metrics
+
+    step = jax.vmap(job_step, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))
+    return jax.jit(step, donate_argnums=(0, 1, 2)) if jit else step
