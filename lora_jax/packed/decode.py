@@ -1,0 +1,133 @@
+"""Decode the same prompts with K adapters in one jitted program per batch shape.
+
+The decoder of lora_jax.decoding (greedy or beam, one ``lax.while_loop``) is ``jax.vmap``-ed
+over the adapter axis of a stacked LoRA tree (lora_jax.packed.stack); the frozen base, the
+prompts and the cache layout are shared. Under vmap the loop runs until every adapter's rows
+are done and keeps each adapter's finished rows unchanged, so adapter k's tokens are exactly
+those of decoding with adapter k alone. The host loop (length-sorted batches, padding buckets)
+is lora_jax.decoding.generate's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lora_jax import decoding
+from lora_jax.tasks.formatting import encode_prompt
+
+
+def generate_multi(
+    module: Any,
+    frozen: Any,
+    stacked: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    cfg: Any,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    batch_size: int = 8,
+    max_prompt_len: int | None = None,
+) -> list[list[list[int]]]:
+    """-> ``out[k][i]``: adapter k's generated ids for prompt i (no prompt, no EOS).
+
+    ``stacked``: LoRA tree with a leading K axis on every leaf (``None`` or ``{}`` for K = 1
+    without LoRA is not supported: use lora_jax.decoding.generate)."""
+    eos = decoding._check_args(prompts, eos_token_id, pad_token_id, max_new_tokens, num_beams,
+                               no_repeat_ngram_size, False, batch_size, max_prompt_len)  # fmt: skip
+    from lora_jax.models.registry import init_cache
+
+    k = jax.tree.leaves(stacked)[0].shape[0]
+    prompts = [list(p)[-max_prompt_len:] if max_prompt_len else list(p) for p in prompts]
+    limit = getattr(cfg, "max_position_embeddings", None)
+    longest = max(len(p) for p in prompts)
+    if getattr(cfg, "family", None) == "gpt2" and limit and longest + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds GPT-2's "
+            f"{limit} learned positions; lower max_new_tokens"
+        )
+    run = _multi_decoder(module, num_beams, max_new_tokens, float(length_penalty),
+                         no_repeat_ngram_size, eos, int(pad_token_id))  # fmt: skip
+    cache_dtype = getattr(module, "dtype", jnp.float32)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(k)]
+
+    def collect(idx: list[int], result: Any) -> None:
+        toks, lens = jax.device_get(result)  # [K, B, max_new], [K, B]
+        for j in range(k):
+            for r, i in enumerate(idx):
+                out[j][i] = toks[j, r, : lens[j, r]].tolist()
+
+    pending = None
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo : lo + batch_size]
+        rows = decoding._bucket(len(idx), batch_size)
+        plen = decoding._bucket(max(len(prompts[i]) for i in idx), max_prompt_len or 1 << 30, low=8)
+        ids = np.full((rows, plen), pad_token_id, np.int32)
+        mask = np.zeros((rows, plen), np.int32)
+        for r, i in enumerate(idx):
+            p = prompts[i]
+            ids[r, plen - len(p) :], mask[r, plen - len(p) :] = p, 1
+        mask[len(idx) :, -1] = 1
+        cache = init_cache(cfg, rows, plen + max_new_tokens, cache_dtype)
+        result = run(frozen, stacked, jnp.asarray(ids), jnp.asarray(mask), cache)
+        if pending is not None:
+            collect(*pending)
+        pending = (idx, result)
+    collect(*pending)
+    return out
+
+
+_CACHE: dict = {}
+
+
+def _multi_decoder(module, num_beams, max_new, length_penalty, ngram, eos, pad):
+    key = (module, num_beams, max_new, length_penalty, ngram, eos, pad)
+    if key not in _CACHE:
+        one = decoding._decoder(module, num_beams, max_new, length_penalty, ngram, False, eos, pad)
+
+        def run(frozen, lora, ids, mask, cache):
+            return one({"params": frozen, "lora": lora}, ids, mask, cache)
+
+        _CACHE[key] = jax.jit(jax.vmap(run, in_axes=(None, 0, None, None, None)))
+    return _CACHE[key]
+
+
+def decode_items_multi(
+    module: Any,
+    frozen: Any,
+    stacked: Any,
+    model_cfg: Any,
+    tokenizer: Any,
+    task: Any,
+    items: Sequence[Any],
+    fmt: str,
+    decode_cfg: Mapping[str, Any],
+    max_len: int,
+) -> list[list[str]]:
+    """Generated text per adapter per item, post-processed by the task: the multi-adapter
+    counterpart of lora_jax.evaluate.decode_items (same prompts, EOS ids and limits)."""
+    prompts = [encode_prompt(tokenizer, it.source, fmt, task) for it in items]
+    eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
+    eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
+    max_new = int(decode_cfg["max_new_tokens"])
+    outs = generate_multi(
+        module, frozen, stacked, prompts, cfg=model_cfg,
+        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_id,
+        max_new_tokens=max_new, num_beams=int(decode_cfg["num_beams"]),
+        length_penalty=float(decode_cfg["length_penalty"]),
+        no_repeat_ngram_size=int(decode_cfg["no_repeat_ngram_size"]),
+        batch_size=int(decode_cfg["batch_size"]), max_prompt_len=max(max_len - max_new, 8),
+    )  # fmt: skip
+    return [
+        [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
+        for out in outs
+    ]
