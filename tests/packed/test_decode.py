@@ -54,7 +54,7 @@ def _check(lm, trees, prompts, eos, pad, **kw):
                         cfg=lm.config, eos_token_id=eos, pad_token_id=pad, **kw)  # fmt: skip
         assert multi[k] == solo, f"adapter {k}"
         outs.append(solo)
-    assert outs[0] != outs[1] or outs[1] != outs[2]  # the adapters do change the output
+    assert any(o != outs[0] for o in outs[1:])  # the adapters do change the output
     return outs
 
 
@@ -80,6 +80,5 @@ def test_multi_adapter_decoding_on_smollm2():
     prompts = [tok.encode(s) for s in ("name[The Eagle] food[French] area[riverside] ||",
                                        "The capital of France is")]  # fmt: skip
     eos = lm.config.eos_token_id if lm.config.eos_token_id is not None else tok.eos_id
-    trees = _adapters(lm, 0.02)
-    for beams in (1, 2):
-        _check(lm, trees, prompts, eos, tok.pad_id, max_new_tokens=6, num_beams=beams, batch_size=2)
+    trees = _adapters(lm, 0.02)[::2]  # q,v r=1 and all-linear r=8; beam search (greedy: tiny test)
+    _check(lm, trees, prompts, eos, tok.pad_id, max_new_tokens=6, num_beams=2, batch_size=2)

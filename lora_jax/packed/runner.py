@@ -1,0 +1,321 @@
+"""One pack: K jobs trained and evaluated together, each recorded as if it had run alone.
+
+``run_pack(cfgs, run_dirs, pack_dir)``: the frozen base is loaded once, the task tokenized and
+batched once (one data order: lora_jax.packed.group), each job's LoRA tree initialized exactly
+as its solo run (lora_jax.train) does and stacked (lora_jax.packed.stack), then one jitted step
+over the stack per batch (lora_jax.packed.step) and one multi-adapter decode per evaluation
+(lora_jax.packed.decode). Every job gets its own results.json (the solo record, plus
+``run.pack``), predictions, adapter checkpoint (``<run_dir>/checkpoints``, the job's own ranks
+and targets, loadable by ``adapter=``) and W&B run (its logged rows replayed when the pack ends).
+
+Failures: a job whose config fails (e.g. a rank too large) is failed before the pack starts; a
+job whose loss or parameters become non-finite is frozen on device and failed at the next log
+point; the other jobs go on. Resume (``trainer.resume=true``): jobs whose results.json says
+"ok" are kept as they are; the others restart from the pack's checkpoint
+(``<pack_dir>/checkpoints``, written every ``trainer.ckpt_every`` steps) when it holds the
+same jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from lora_jax import train as solo
+from lora_jax.checkpoint import Checkpointer
+from lora_jax.lora import LoraConfig, param_report
+from lora_jax.lora import init as lora_init
+from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.optim import build_optimizer
+from lora_jax.packed.decode import decode_items_multi
+from lora_jax.packed.group import pack_key
+from lora_jax.packed.stack import stack, unstack
+from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
+from lora_jax.tasks.batching import TrainBatches, default_buckets
+from lora_jax.tasks.formatting import encode_example
+from lora_jax.tracking import Tracker, console, flatten
+
+
+class _Job:
+    def __init__(self, cfg: DictConfig, run_dir: Path, index: int, size: int, names: list[str]):
+        self.cfg, self.run_dir = cfg, run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
+        self.results = solo._new_results(cfg, self.resolved, run_dir)
+        self.results["run"]["pack"] = {"index": index, "size": size, "jobs": names}
+        self.rows: list[tuple[dict, int]] = []  # logged rows, replayed into W&B at the end
+        self.tree: Any = None
+        self.alive = False
+
+    def fail(self, error: str, tb: str | None = None) -> None:
+        self.results["status"], self.results["error"] = "failed", error
+        self.results["traceback"] = tb
+        self.alive = False
+        console.print(f"[red]run {self.cfg.name} failed[/]: {error}")
+
+
+def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> list[dict]:
+    """Train and evaluate the jobs of one pack; returns their records (also written)."""
+    keys = {pack_key(c) for c in cfgs}
+    if len(keys) != 1:
+        raise ValueError(
+            "these jobs cannot share a pack (lora_jax.packed.group.make_packs groups them)"
+        )
+    t0 = time.time()
+    names = [str(c.name) for c in cfgs]
+    jobs = [_Job(c, d, i, len(cfgs), names) for i, (c, d) in enumerate(zip(cfgs, run_dirs))]
+    done_before = {i for i, j in enumerate(jobs) if _finished_ok(j)}
+    todo = [j for i, j in enumerate(jobs) if i not in done_before]
+    try:
+        if todo:
+            _train_and_eval(todo, pack_dir)
+    except Exception as e:  # the pack broke as a whole: every job still running fails with it
+        for j in todo:
+            if j.alive or j.results["status"] == "running":
+                j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+    wall = time.time() - t0
+    out = []
+    for i, j in enumerate(jobs):
+        if i in done_before:
+            out.append(json.loads((j.run_dir / "results.json").read_text()))
+            continue
+        r = j.results
+        if r["status"] == "running":
+            r["status"] = "ok"
+        r["run"]["finished"] = solo._now()
+        r["run"]["wall_time_s"] = wall / len(todo)  # the pack's wall time, shared
+        r["run"]["pack"]["wall_time_s"] = wall
+        r["run"].pop("_t0", None)
+        solo._write_json(j.run_dir / "results.json", r)
+        _replay(j)
+        out.append(r)
+    return out
+
+
+def _finished_ok(job: _Job) -> bool:
+    path = job.run_dir / "results.json"
+    if not (job.cfg.trainer.resume and path.exists()):
+        return False
+    return json.loads(path.read_text()).get("status") == "ok"
+
+
+def _replay(job: _Job) -> None:
+    r = job.results
+    tracker = None
+    try:
+        tracker = Tracker(job.cfg.logger, job.run_dir, job.cfg.name, r["sweep"], job.resolved)
+        for row, step in job.rows:
+            tracker.log(row, step=step)
+        tracker.summary(flatten({"metrics": r["metrics"], "params": r["params"]})
+                        | {"status": r["status"], "main_metric": r["main_metric"]})  # fmt: skip
+    finally:
+        if tracker is not None:
+            tracker.finish(exit_code=0 if r["status"] == "ok" else 1)
+
+
+def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
+    cfg0 = jobs[0].cfg
+    tcfg = cfg0.trainer
+    t = time.time()
+    lm = load_model(cfg0.model.source, cfg0.model.dtype, cfg0.model.param_dtype, cfg0.lora.dropout)
+    console.print(
+        f"[bold]pack of {len(jobs)}[/]: model {cfg0.model.name} in {time.time() - t:.1f}s"
+    )
+
+    # Each job's tree exactly as its solo run builds it; a bad config fails only that job.
+    for j in jobs:
+        j.alive = True
+        try:
+            if j.cfg.adapter or j.cfg.trainer.eval_only:
+                raise ValueError(
+                    "adapter=/trainer.eval_only runs are not packed; use python -m lora_jax.evaluate --adapters"
+                )
+            lcfg = LoraConfig.from_dict(
+                {k: v for k, v in OmegaConf.to_container(j.cfg.lora).items() if k != "preset"}
+                | {"seed": j.cfg.seed}
+            )
+            j.tree, targets = lora_init(
+                jax.random.PRNGKey(j.cfg.seed), lm.params, lcfg, lora_modules(lm.config)
+            )
+            j.results["params"] = param_report(targets, lm.params).as_dict()
+            console.print(
+                f"  {j.cfg.name}: LoRA on {len(targets)} blocks: {solo._describe(targets)}"
+            )
+        except Exception as e:
+            j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+    live = [j for j in jobs if j.alive]
+    if not live:
+        return
+
+    task = solo._build_task(cfg0.task, live[0].run_dir)
+    items = task.eval_groups(task.load("eval"))
+    if cfg0.task.max_eval_items:
+        items = items[: cfg0.task.max_eval_items]
+    train = task.load("train")
+    if cfg0.task.max_train_examples:
+        train = train[: cfg0.task.max_train_examples]
+    tok = lm.tokenizer
+    encoded = [encode_example(tok, ex, cfg0.task.format, cfg0.task.max_len, task) for ex in train]
+    batches = TrainBatches(encoded, tcfg.batch_size, solo.data_seed(cfg0),
+                           default_buckets(cfg0.task.max_len), tok.pad_id)  # fmt: skip
+    micro = solo._total_steps(tcfg, batches.steps_per_epoch)
+    accum = int(cfg0.optim.grad_accum)
+    total = max(micro // accum, 1)
+    lr_fns = []
+    for j in list(live):
+        j.results["main_metric"] = task.main_metric
+        try:
+            lr_fns.append(build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree, total)[1])
+        except Exception as e:
+            j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+            live.remove(j)
+    if not live:
+        return
+
+    # The stack: K = len(live) slots; a slot's job may fail later (ok[k] = False, frozen).
+    k_jobs = len(live)
+    stacked, mask = stack([j.tree for j in live])
+    hp = job_hyperparams([OmegaConf.to_container(j.cfg.optim) for j in live], lr_fns, total)
+    opt_state = init_opt_state(stacked, hp, accum)
+    ok = jnp.ones((k_jobs,), bool)
+    keys = jnp.stack([jax.random.PRNGKey(int(j.cfg.seed)) for j in live])
+    console.print(f"  {len(train)} train examples, {micro} steps, {len(items)} eval items, "
+                  f"{k_jobs} adapters stacked")  # fmt: skip
+
+    ckpt = Checkpointer(pack_dir / "checkpoints", keep=tcfg.ckpt_keep)
+    names = [str(j.cfg.name) for j in live]
+    start = 0
+    if tcfg.resume and ckpt.latest_step() is not None:
+        s2, o2, step0, meta = ckpt.restore(stacked, opt_state)
+        if meta.get("jobs") == names:
+            stacked, opt_state, start = s2, o2, step0
+            ok = jnp.asarray(meta["ok"], bool)
+            for j, flag, why in zip(live, meta["ok"], meta["errors"]):
+                if not flag:
+                    j.fail(why)
+            console.print(f"  resumed the pack from {ckpt.directory} at step {start}")
+        else:  # other jobs (some finished or failed since): this pack starts afresh
+            console.print(
+                f"  {ckpt.directory} holds other jobs {meta.get('jobs')}; starting afresh"
+            )
+            ckpt.close()
+            shutil.rmtree(ckpt.directory)
+            ckpt = Checkpointer(pack_dir / "checkpoints", keep=tcfg.ckpt_keep)
+
+    def evaluate_all(tag: str, step: int | None) -> None:
+        t = time.time()
+        hyps = decode_items_multi(lm.module, lm.params, stacked, lm.config, tok, task, items,
+                                  cfg0.task.format, cfg0.task.decode, cfg0.task.max_len)  # fmt: skip
+        for j, h in zip(live, hyps):
+            if not j.alive:
+                continue
+            metrics = task.score(h, list(items))
+            (j.run_dir / f"predictions_{tag}.txt").write_text(
+                "".join(x.replace("\n", " ") + "\n" for x in h)
+            )
+            j.results["metrics"][tag] = metrics
+            if step is not None:
+                j.rows.append(
+                    (
+                        {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                        step,
+                    )
+                )
+        console.print(
+            f"  {tag}: decoded {len(items)} items x {k_jobs} adapters in {time.time() - t:.1f}s"
+        )
+
+    if tcfg.eval_before and start == 0:
+        evaluate_all("eval_before", None)
+
+    step_fn = make_packed_step(lm.module, grad_accum=accum, dropout=cfg0.lora.dropout > 0)
+    pending: list[dict] = []
+    window_tokens, window_t0, tps_all = 0, None, []
+    end = micro if tcfg.stop_after is None else min(micro, start + tcfg.stop_after)
+    errors = [j.results["error"] for j in live]
+    lr_host = np.asarray(hp["lr"])
+    step = start
+    for step in range(start, end):
+        batch = batches.batch_at(step)
+        window_tokens += int(batch["attention_mask"].sum())
+        stacked, opt_state, ok, m = step_fn(
+            stacked, opt_state, ok, mask, hp, keys, lm.params, batch, step
+        )
+        pending.append(m)
+        done = step + 1
+        if window_t0 is None:  # exclude the compile from throughput
+            jax.block_until_ready(m["loss"])
+            window_t0, window_tokens = time.perf_counter(), 0
+        if done % tcfg.log_every == 0 or done == end:
+            host, ok_host = jax.device_get((pending, ok))
+            pending = []
+            dt = time.perf_counter() - window_t0
+            tps = window_tokens / dt if dt > 0 and window_tokens else float("nan")
+            if math.isfinite(tps):
+                tps_all.append(tps)
+            window_t0, window_tokens = time.perf_counter(), 0
+            for k, j in enumerate(live):
+                if not j.alive:
+                    continue
+                loss = float(np.mean([h["loss"][k] for h in host]))
+                if not ok_host[k] or not math.isfinite(loss):
+                    errors[k] = (f"NonFiniteLoss: loss or LoRA parameters became non-finite by step {done} "
+                                 f"(mean loss of the last {len(host)} steps: {loss}); this job was frozen "
+                                 f"and dropped from its pack, the others went on. Lower optim.lr or set optim.grad_clip")  # fmt: skip
+                    j.fail(errors[k])
+                    continue
+                tr = j.results["metrics"]["train"]
+                tr.setdefault("first_loss", float(host[0]["loss"][k]) if start == 0 else None)
+                tr["final_loss"] = loss
+                tr.setdefault("losses", []).append([done, loss])
+                row = {"train/loss": loss, "train/nll": float(np.mean([h["nll"][k] for h in host])),
+                       "train/grad_norm": float(host[-1]["grad_norm"][k]),
+                       "train/lr": float(lr_host[k, min(done // accum, total)]), "train/tokens_per_s": tps}  # fmt: skip
+                j.rows.append((row, done))
+            console.print(f"  step {done}/{end}: " + " ".join(
+                f"{float(np.mean([h['loss'][k] for h in host])):.3f}" for k in range(k_jobs)) + f"  {tps * k_jobs:,.0f} tok/s")  # fmt: skip
+        if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
+            ckpt.save(
+                done,
+                stacked,
+                opt_state,
+                {"jobs": names, "ok": [bool(x) for x in jax.device_get(ok)], "errors": errors},
+            )
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
+            evaluate_all(f"eval_step{done}", done)
+    done = step + 1 if end > start else start
+    ok_host = [bool(x) for x in jax.device_get(ok)]
+    ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
+    ckpt.close()
+    tps = float(np.median(tps_all)) if tps_all else None
+    for k, j in enumerate(live):
+        if not j.alive:
+            continue
+        own = Checkpointer(j.run_dir / "checkpoints", keep=tcfg.ckpt_keep)
+        own.save(done, unstack(stacked, k, j.tree), jax.tree.map(lambda x, k=k: x[k], opt_state))
+        own.close()
+        j.results["metrics"]["train"].update(steps=done, tokens_per_s=tps)
+        j.results["run"]["pack"]["tokens_per_s"] = None if tps is None else tps * k_jobs
+        if done < micro:
+            j.results["run"]["stopped_at"] = done
+    if done < micro:
+        console.print(
+            f"  stopped after step {done} of {micro} (trainer.stop_after); resume with trainer.resume=true"
+        )
+        return
+
+    evaluate_all("eval", done)
+    mem = solo._memory()
+    for j in live:
+        if j.alive:
+            j.results["memory"] = mem
