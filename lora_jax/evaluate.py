@@ -48,3 +48,11 @@ def evaluate(
         module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos
     )
     return task.score(hyps, list(items)), hyps
+
+
+if __name__ == "__main__":  # python -m lora_jax.evaluate --adapters RUN_DIR ... (many adapters, one base)
+    import sys
+
+    from lora_jax.packed.evaluate import main
+
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Evaluate saved adapters against one base in one program per batch shape:
+``python -m lora_jax.evaluate --adapters RUN_DIR [RUN_DIR ...]``.
+
+Each RUN_DIR is a training run's directory (solo or packed; its ``results.json`` gives the LoRA
+config, model and task) or its ``checkpoints/`` folder. All adapters must share the base model;
+the task, its eval items and decoding settings are the first run's. The adapters are stacked
+(lora_jax.packed.stack) and decoded together (lora_jax.packed.decode): adapter k's hypotheses
+are those of decoding it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+from omegaconf import OmegaConf
+
+from lora_jax import train as solo
+from lora_jax.checkpoint import load_adapter
+from lora_jax.lora import LoraConfig
+from lora_jax.lora import init as lora_init
+from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.packed.decode import decode_items_multi
+from lora_jax.packed.stack import stack
+from lora_jax.tracking import console
+
+
+def _run_dir(path: str) -> Path:
+    p = Path(path)
+    if p.name == "checkpoints":
+        p = p.parent
+    if not (p / "results.json").exists():
+        raise FileNotFoundError(
+            f"{path}: no results.json; pass a training run's directory (or its checkpoints/)"
+        )
+    return p
+
+
+def evaluate_adapters(
+    run_dirs: Sequence[str | Path], max_eval_items: int | None = None
+) -> list[dict]:
+    """-> per adapter: {"run": dir, "name": run name, "metrics": {...}, "predictions": [...]}."""
+    dirs = [_run_dir(str(d)) for d in run_dirs]
+    cfgs = [OmegaConf.create(json.loads((d / "results.json").read_text())["config"]) for d in dirs]
+    sources = {c.model.source for c in cfgs}
+    if len(sources) != 1:
+        raise ValueError(
+            f"the adapters were trained on different base models {sorted(sources)}; evaluate them separately"
+        )
+    cfg0 = cfgs[0]
+    lm = load_model(cfg0.model.source, cfg0.model.dtype, cfg0.model.param_dtype)
+    trees = []
+    for d, c in zip(dirs, cfgs):
+        lcfg = {k: v for k, v in OmegaConf.to_container(c.lora).items() if k != "preset"}
+        template, _ = lora_init(
+            jax.random.PRNGKey(0), lm.params, LoraConfig.from_dict(lcfg), lora_modules(lm.config)
+        )
+        trees.append(load_adapter(d / "checkpoints", template))
+    stacked, _ = stack(trees)
+    task = solo._build_task(cfg0.task, dirs[0])
+    items = task.eval_groups(task.load("eval"))
+    limit = max_eval_items or cfg0.task.max_eval_items
+    if limit:
+        items = items[:limit]
+    hyps = decode_items_multi(lm.module, lm.params, stacked, lm.config, lm.tokenizer, task, items,
+                              cfg0.task.format, cfg0.task.decode, cfg0.task.max_len)  # fmt: skip
+    return [
+        {
+            "run": str(d),
+            "name": str(c.name),
+            "metrics": task.score(h, list(items)),
+            "predictions": h,
+        }
+        for d, c, h in zip(dirs, cfgs, hyps)
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m lora_jax.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--adapters",
+        nargs="+",
+        required=True,
+        metavar="RUN_DIR",
+        help="run dirs (or their checkpoints/)",
+    )
+    p.add_argument(
+        "--max-eval-items", type=int, default=None, help="decode only the first N eval items"
+    )
+    p.add_argument("--out", help="write the metrics and predictions as JSON here")
+    args = p.parse_args(argv)
+    try:
+        res = evaluate_adapters(args.adapters, args.max_eval_items)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in res:
+        vals = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float))
+        console.print(f"{r['name']} ({r['run']}): {vals}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2, default=str))
+    return 0
