@@ -117,6 +117,8 @@ def test_evaluate_cli_scores_saved_adapters_like_their_runs(packed_sweep, tmp_pa
     assert main(["--adapters", *map(str, ok), "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     for d, r in zip(ok, res):
-        assert [h.replace("\n", " ") for h in r["predictions"]] == (d / "predictions_eval.txt").read_text().splitlines()
+        assert [h.replace("\n", " ") for h in r["predictions"]] == (
+            d / "predictions_eval.txt"
+        ).read_text().splitlines()
         assert r["metrics"] == read_results(d)["metrics"]["eval"]
     assert main(["--adapters", str(tmp_path)]) == 2  # not a run dir: a clear error
