@@ -106,7 +106,8 @@ def _finished_ok(job: _Job) -> bool:
     path = job.run_dir / "results.json"
     if not (job.cfg.trainer.resume and path.exists()):
         return False
-    return json.loads(path.read_text()).get("status") == "ok"
+    rec = json.loads(path.read_text())
+    return rec.get("status") == "ok" and not rec["run"].get("stopped_at")  # stop_after: not done
 
 
 def _replay(job: _Job) -> None:
