@@ -17,7 +17,14 @@ def _cfgs(*jobs: list[str]):
 def test_what_may_differ_shares_a_pack_and_what_may_not_splits():
     cfgs = _cfgs(
         ["lora=qv", "lora.r=1", "seed=0"],
-        ["lora=all", "lora.r=8", "lora.alpha=32", "optim.lr=1e-3", "optim.warmup_steps=5", "seed=0"],
+        [
+            "lora=all",
+            "lora.r=8",
+            "lora.alpha=32",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=5",
+            "seed=0",
+        ],
         ["lora=attn", "lora.r=4", "seed=1"],  # another seed: another data order
         ["lora=qv", "lora.r=64", "seed=0"],  # another rank band
         ["lora=qv", "lora.r=2", "seed=0", "trainer.batch_size=4"],  # another batch shape
