@@ -17,6 +17,7 @@ host sync is added (the runner reads ``ok`` at log points).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -74,6 +75,7 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
+@functools.lru_cache(maxsize=16)  # packs of one model in one process share the compiled step
 def make_packed_step(
     module: nn.Module, *, grad_accum: int = 1, dropout: bool = False, jit: bool = True
 ) -> Callable:
