@@ -24,16 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 RANKS, TARGETS = (1, 4, 64), ("qv", "attn", "all")
 
 
 def configs(k: int, steps: int, max_len: int, eval_items: int, batch: int):
     from hydra import compose, initialize_config_dir
 
-    from lora_jax import config as config_schema
+    from lora_jax import schema
 
-    config_schema.register()
+    schema.register()
     combos = list(itertools.product(range(100), RANKS, TARGETS))[:k]  # seed-major: 9 per seed
     common = [
         f"model.source={os.environ['LORA_JAX_SMOLLM2_GGUF']}", "task=e2e_sample",
@@ -43,7 +42,7 @@ def configs(k: int, steps: int, max_len: int, eval_items: int, batch: int):
         "trainer.eval_before=false", "trainer.progress=false", "trainer.data_seed=0", "lora.alpha=16",
     ]  # fmt: skip
     out = []
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(schema.conf_dir()), version_base="1.3"):
         for seed, r, t in combos:
             out.append(
                 compose("config", overrides=[*common, f"lora={t}", f"lora.r={r}", f"seed={seed}"])

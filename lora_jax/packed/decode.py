@@ -112,10 +112,11 @@ def decode_items_multi(
     fmt: str,
     decode_cfg: Mapping[str, Any],
     max_len: int,
+    add_bos: bool | None = None,
 ) -> list[list[str]]:
     """Generated text per adapter per item, post-processed by the task: the multi-adapter
     counterpart of lora_jax.evaluate.decode_items (same prompts, EOS ids and limits)."""
-    prompts = [encode_prompt(tokenizer, it.source, fmt, task) for it in items]
+    prompts = [encode_prompt(tokenizer, it.source, fmt, task, add_bos) for it in items]
     eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
     eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
     max_new = int(decode_cfg["max_new_tokens"])

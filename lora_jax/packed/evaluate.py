@@ -23,7 +23,8 @@ from lora_jax import train as solo
 from lora_jax.checkpoint import load_adapter
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 from lora_jax.packed.decode import decode_items_multi
 from lora_jax.packed.stack import stack
 from lora_jax.tracking import console
@@ -67,7 +68,8 @@ def evaluate_adapters(
     if limit:
         items = items[:limit]
     hyps = decode_items_multi(lm.module, lm.params, stacked, lm.config, lm.tokenizer, task, items,
-                              cfg0.task.format, cfg0.task.decode, cfg0.task.max_len)  # fmt: skip
+                              cfg0.task.format, cfg0.task.decode, cfg0.task.max_len,
+                              cfg0.task.get("add_bos"))  # fmt: skip
     return [
         {
             "run": str(d),

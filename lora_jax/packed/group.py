@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 PER_JOB_TOP = ("seed", "name", "output_dir", "logger")
-PER_JOB_LORA = ("r", "alpha", "targets", "preset", "layers", "scaling", "init", "rank_pattern",
+PER_JOB_LORA = ("r", "alpha", "targets", "exclude_modules", "layers", "scaling", "init", "rank_pattern",
                 "alpha_pattern")  # fmt: skip
 PER_JOB_OPTIM = ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps", "grad_clip",
                  "label_smoothing")  # fmt: skip

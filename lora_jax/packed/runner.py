@@ -31,19 +31,22 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lora_jax import record
 from lora_jax import train as solo
 from lora_jax.checkpoint import Checkpointer
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
-from lora_jax.optim import build_optimizer
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
+from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.decode import decode_items_multi
 from lora_jax.packed.group import pack_key
 from lora_jax.packed.stack import stack, unstack
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
+from lora_jax.step import make_eval_loss
 from lora_jax.tasks.batching import TrainBatches, default_buckets
 from lora_jax.tasks.formatting import encode_example
-from lora_jax.tracking import Tracker, console, flatten
+from lora_jax.tracking import Tracker, console
 
 
 class _Job:
@@ -51,7 +54,9 @@ class _Job:
         self.cfg, self.run_dir = cfg, run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
-        self.results = solo._new_results(cfg, self.resolved, run_dir)
+        self.results = record.new_record(
+            cfg.name, run_dir, self.resolved, record.sweep_key(self.resolved)
+        )
         self.results["run"]["pack"] = {"index": index, "size": size, "jobs": names}
         self.rows: list[tuple[dict, int]] = []  # logged rows, replayed into W&B at the end
         self.tree: Any = None
@@ -92,11 +97,9 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> li
         r = j.results
         if r["status"] == "running":
             r["status"] = "ok"
-        r["run"]["finished"] = solo._now()
-        r["run"]["wall_time_s"] = wall / len(todo)  # the pack's wall time, shared
+        record.finish(r, time.time() - wall / len(todo))  # the pack's wall time, shared
         r["run"]["pack"]["wall_time_s"] = wall
-        r["run"].pop("_t0", None)
-        solo._write_json(j.run_dir / "results.json", r)
+        record.write(r, j.run_dir)
         _replay(j)
         out.append(r)
     return out
@@ -117,8 +120,8 @@ def _replay(job: _Job) -> None:
         tracker = Tracker(job.cfg.logger, job.run_dir, job.cfg.name, r["sweep"], job.resolved)
         for row, step in job.rows:
             tracker.log(row, step=step)
-        tracker.summary(flatten({"metrics": r["metrics"], "params": r["params"]})
-                        | {"status": r["status"], "main_metric": r["main_metric"]})  # fmt: skip
+        tracker.update_axes(r["sweep"])
+        tracker.record(r)
     finally:
         if tracker is not None:
             tracker.finish(exit_code=0 if r["status"] == "ok" else 1)
@@ -141,14 +144,12 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
                 raise ValueError(
                     "adapter=/trainer.eval_only runs are not packed; use python -m lora_jax.evaluate --adapters"
                 )
-            lcfg = LoraConfig.from_dict(
-                {k: v for k, v in OmegaConf.to_container(j.cfg.lora).items() if k != "preset"}
-                | {"seed": j.cfg.seed}
-            )
+            lcfg = LoraConfig.from_dict(OmegaConf.to_container(j.cfg.lora) | {"seed": j.cfg.seed})
             j.tree, targets = lora_init(
                 jax.random.PRNGKey(j.cfg.seed), lm.params, lcfg, lora_modules(lm.config)
             )
             j.results["params"] = param_report(targets, lm.params).as_dict()
+            record.set_targets(j.results, targets)
             console.print(
                 f"  {j.cfg.name}: LoRA on {len(targets)} blocks: {solo._describe(targets)}"
             )
@@ -166,7 +167,10 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     if cfg0.task.max_train_examples:
         train = train[: cfg0.task.max_train_examples]
     tok = lm.tokenizer
-    encoded = [encode_example(tok, ex, cfg0.task.format, cfg0.task.max_len, task) for ex in train]
+    add_bos = cfg0.task.add_bos
+    encoded = [
+        encode_example(tok, ex, cfg0.task.format, cfg0.task.max_len, task, add_bos) for ex in train
+    ]
     batches = TrainBatches(encoded, tcfg.batch_size, solo.data_seed(cfg0),
                            default_buckets(cfg0.task.max_len), tok.pad_id)  # fmt: skip
     micro = solo._total_steps(tcfg, batches.steps_per_epoch)
@@ -216,11 +220,15 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     def evaluate_all(tag: str, step: int | None) -> None:
         t = time.time()
         hyps = decode_items_multi(lm.module, lm.params, stacked, lm.config, tok, task, items,
-                                  cfg0.task.format, cfg0.task.decode, cfg0.task.max_len)  # fmt: skip
+                                  cfg0.task.format, cfg0.task.decode, cfg0.task.max_len, add_bos)  # fmt: skip
         for j, h in zip(live, hyps):
             if not j.alive:
                 continue
             metrics = task.score(h, list(items))
+            if tag == "eval":
+                j.results["items"] = record.write_items(
+                    j.run_dir, h, [it.references for it in items]
+                )
             (j.run_dir / f"predictions_{tag}.txt").write_text(
                 "".join(x.replace("\n", " ") + "\n" for x in h)
             )
@@ -236,19 +244,45 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             f"  {tag}: decoded {len(items)} items x {k_jobs} adapters in {time.time() - t:.1f}s"
         )
 
+    val_batches = solo._validation_batches(cfg0, task, tok, batches.buckets)
+    eval_loss = jax.vmap(make_eval_loss(lm.module), in_axes=(0, None, None))  # [K] sums, tokens
+
+    def validate(step: int) -> None:
+        if not val_batches:
+            return
+        total, n = jnp.zeros((k_jobs,)), jnp.zeros((k_jobs,))
+        for b in val_batches:
+            s_, n_ = eval_loss(stacked, lm.params, b)
+            total, n = total + s_, n + n_
+        total, n = jax.device_get((total, n))
+        for k, j in enumerate(live):
+            if j.alive:
+                loss = float(total[k] / max(float(n[k]), 1.0))
+                vm = j.results["metrics"]["validation"]
+                vm["loss"] = loss
+                vm.setdefault("history", []).append([step, loss])
+                j.rows.append(({"val/loss": loss}, step))
+
+    for j in live:
+        j.results["metrics"]["validation"]["examples"] = sum(
+            int(b["attention_mask"].any(axis=1).sum()) for b in val_batches
+        )
     if tcfg.eval_before and start == 0:
         evaluate_all("eval_before", None)
+        validate(0)
 
     step_fn = make_packed_step(lm.module, grad_accum=accum, dropout=cfg0.lora.dropout > 0)
     pending: list[dict] = []
     window_tokens, window_t0, tps_all = 0, None, []
+    tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
     end = micro if tcfg.stop_after is None else min(micro, start + tcfg.stop_after)
     errors = [j.results["error"] for j in live]
     lr_host = np.asarray(hp["lr"])
     step = start
     for step in range(start, end):
         batch = batches.batch_at(step)
-        window_tokens += int(batch["attention_mask"].sum())
+        n_tokens = int(batch["attention_mask"].sum())
+        window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
         stacked, opt_state, ok, m = step_fn(
             stacked, opt_state, ok, mask, hp, keys, lm.params, batch, step
         )
@@ -294,6 +328,7 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             )
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
             evaluate_all(f"eval_step{done}", done)
+            validate(done)
     done = step + 1 if end > start else start
     ok_host = [bool(x) for x in jax.device_get(ok)]
     ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
@@ -305,7 +340,8 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
         own = Checkpointer(j.run_dir / "checkpoints", keep=tcfg.ckpt_keep)
         own.save(done, unstack(stacked, k, j.tree), jax.tree.map(lambda x, k=k: x[k], opt_state))
         own.close()
-        j.results["metrics"]["train"].update(steps=done, tokens_per_s=tps)
+        j.results["metrics"]["train"].update(steps=done, tokens_seen=tokens_seen, tokens_per_s=tps)
+        j.results["sweep"].update(steps=done, tokens_seen=tokens_seen)
         j.results["run"]["pack"]["tokens_per_s"] = None if tps is None else tps * k_jobs
         if done < micro:
             j.results["run"]["stopped_at"] = done
@@ -315,6 +351,7 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
         )
         return
 
+    validate(done)
     evaluate_all("eval", done)
     mem = solo._memory()
     for j in live:

@@ -8,7 +8,7 @@ Per job, the step is the solo one (lora_jax.step) with its hyperparameters as tr
 AdamW (b1, b2, eps, weight decay) after global-norm clipping (``grad_clip = inf`` when the job
 has none: ``clip_by_global_norm`` then selects the unscaled update exactly), the learning rate
 read from the job's own schedule table ``hp["lr"][count]`` (the values of the solo run's
-schedule, lora_jax.optim.schedule), label smoothing as a traced ε (ε = 0 gives the plain NLL
+schedule, lora_jax.optimizer.schedule), label smoothing as a traced ε (ε = 0 gives the plain NLL
 exactly), dropout from the job's key folded with the step as the solo run does. Updates are
 multiplied by the trainable mask. A job whose loss or new parameters are not finite keeps its
 last state and its ``ok`` flag drops to False for good: the other jobs are unaffected and no
@@ -51,7 +51,7 @@ def job_optimizer(
     hp: Mapping[str, jax.Array], lora_like: Any, grad_accum: int
 ) -> optax.GradientTransformation:
     """One job's optax transform from its (traced) hyperparameters; the same chain as
-    lora_jax.optim.build_optimizer."""
+    lora_jax.optimizer.build_optimizer."""
     table = hp["lr"]
     lr = lambda count: table[jnp.minimum(count, table.shape[0] - 1)]
     tx = optax.chain(

@@ -12,7 +12,8 @@ import pytest
 from lora_jax.decoding import generate
 from lora_jax.lora import LoraConfig, iter_adapters
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
 from lora_jax.packed.decode import generate_multi
 from lora_jax.packed.stack import stack, unstack
 

@@ -1,4 +1,4 @@
-"""The packed step against the solo step (lora_jax.step + lora_jax.optim), job by job.
+"""The packed step against the solo step (lora_jax.step + lora_jax.optimizer), job by job.
 
 fp32 on CPU with ``jax.default_matmul_precision("highest")``. Losses agree at rtol 1e-5; adapter
 leaves at 1e-4 of each leaf's largest entry: the batched (vmapped) matmuls sum in another order
@@ -16,8 +16,9 @@ import pytest
 
 from lora_jax.lora import LoraConfig, iter_adapters
 from lora_jax.lora import init as lora_init
-from lora_jax.models.registry import load_model, lora_modules
-from lora_jax.optim import build_optimizer
+from lora_jax.models.pretrained import load_model
+from lora_jax.models.registry import lora_modules
+from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.stack import _find, stack, unstack
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
 from lora_jax.step import make_train_step
