@@ -27,7 +27,7 @@ def _common(model_dir, out):
 def packed_sweep(tiny_e2e_gpt2_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("packed") / "ms"
     proc = run_app(
-        ["-m", "+sweep=rank_table", "hydra/launcher=packed", "hydra.launcher.rank_bands=[]",
+        ["-m", "+sweep=rank_table", "experiment=demo", "hydra/launcher=packed", "hydra.launcher.rank_bands=[]",
          *_common(tiny_e2e_gpt2_dir, out), *SWEEP],
         env={"JAX_DEFAULT_MATMUL_PRECISION": "highest", "WANDB_MODE": "disabled"},
         timeout=600,
@@ -42,7 +42,7 @@ def test_every_job_has_its_record_and_the_report_reads_them(packed_sweep, tmp_pa
     assert len(runs) == 8
     ok = [r for r in runs.values() if r["status"] == "ok"]
     failed = [r for r in runs.values() if r["status"] == "failed"]
-    assert {(r["sweep"]["targets"], r["sweep"]["r"]) for r in ok} == {
+    assert {(r["config"]["lora"]["targets"], r["sweep"]["r"]) for r in ok} == {
         (t, r) for t in ("qv", "all") for r in (1, 4)
     }
     assert all(r["config"]["optim"]["lr"] == 2e-3 for r in ok)
@@ -78,7 +78,7 @@ def test_a_packed_job_equals_its_solo_run(packed_sweep, tiny_e2e_gpt2_dir, tmp_p
 
     (packed_dir,) = [p.parent for p in packed_sweep.rglob("results.json")
                      if (r := json.loads(p.read_text()))["status"] == "ok"
-                     and r["sweep"]["targets"] == "all" and r["sweep"]["r"] == 4]  # fmt: skip
+                     and r["config"]["lora"]["targets"] == "all" and r["sweep"]["r"] == 4]  # fmt: skip
     job = _common(tiny_e2e_gpt2_dir, tmp_path)[:-1] + ["lora=all", "lora.r=4", "lora.alpha=16",
                                                         "optim.lr=2e-3", "seed=1"]  # fmt: skip
     with jax.default_matmul_precision("highest"):
