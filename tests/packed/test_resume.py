@@ -14,7 +14,8 @@ JOBS = (["lora=qv", "lora.r=1", "seed=0"], ["lora=all", "lora.r=4", "seed=1"])
 
 def _cfgs(model_dir, *extra):
     common = ["trainer.max_steps=4", "trainer.batch_size=4", "trainer.eval_before=false",
-              "trainer.data_seed=0", "lora.dropout=0.1", "trainer.ckpt_every=2"]  # fmt: skip
+              "trainer.data_seed=0", "lora.dropout=0.1", "trainer.ckpt_every=2",
+              "task.max_eval_items=2", "task.decode.max_new_tokens=4", "trainer.val_examples=8"]  # fmt: skip
     return [compose(tiny_overrides(model_dir, *common, *job, *extra)) for job in JOBS]
 
 
