@@ -51,6 +51,7 @@ class PackedLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         from lora_jax.packed.group import make_packs
         from lora_jax.packed.runner import run_pack
+        from lora_jax.runguard import SweepStatus
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -75,6 +76,8 @@ class PackedLauncher(Launcher):
             pack_dir = sweep_dir / "packs" / f"pack_{initial_job_idx + pack[0]}"
             results = run_pack([cfgs[i] for i in pack], [dirs[i] for i in pack], pack_dir)
             for i, res in zip(pack, results):
+                if res["status"] != "ok":  # the app exits 1 after the sweep, as for solo jobs
+                    SweepStatus.job_errors.append((str(dirs[i]), "failed", res.get("error") or ""))
                 main = (
                     res["metrics"]["eval"].get(res["main_metric"])
                     if res.get("main_metric")

@@ -60,7 +60,7 @@ def evaluate_adapters(
         template, _ = lora_init(
             jax.random.PRNGKey(0), lm.params, LoraConfig.from_dict(lcfg), lora_modules(lm.config)
         )
-        trees.append(load_adapter(d / "checkpoints", template))
+        trees.append(load_adapter(d / "checkpoints", template)[0])
     stacked, _ = stack(trees)
     task = solo._build_task(cfg0.task, dirs[0])
     items = task.eval_groups(task.load("eval"))

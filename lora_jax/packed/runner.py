@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import record
 from lora_jax import train as solo
-from lora_jax.checkpoint import Checkpointer
+from lora_jax.checkpoint import Checkpointer, adapter_meta, run_fingerprint
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
@@ -60,6 +60,7 @@ class _Job:
         self.results["run"]["pack"] = {"index": index, "size": size, "jobs": names}
         self.rows: list[tuple[dict, int]] = []  # logged rows, replayed into W&B at the end
         self.tree: Any = None
+        self.adapter: dict = {}
         self.alive = False
 
     def fail(self, error: str, tb: str | None = None) -> None:
@@ -144,10 +145,12 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
                 raise ValueError(
                     "adapter=/trainer.eval_only runs are not packed; use python -m lora_jax.evaluate --adapters"
                 )
-            lcfg = LoraConfig.from_dict(OmegaConf.to_container(j.cfg.lora) | {"seed": j.cfg.seed})
+            lora_dict = OmegaConf.to_container(j.cfg.lora)
+            lcfg = LoraConfig.from_dict(lora_dict | {"seed": j.cfg.seed})
             j.tree, targets = lora_init(
                 jax.random.PRNGKey(j.cfg.seed), lm.params, lcfg, lora_modules(lm.config)
             )
+            j.adapter = adapter_meta(lm.config, lora_dict, targets)
             j.results["params"] = param_report(targets, lm.params).as_dict()
             record.set_targets(j.results, targets)
             console.print(
@@ -337,7 +340,8 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     for k, j in enumerate(live):
         if not j.alive:
             continue
-        own = Checkpointer(j.run_dir / "checkpoints", keep=tcfg.ckpt_keep)
+        own = Checkpointer(j.run_dir / "checkpoints", keep=max(int(tcfg.ckpt_keep), 1),
+                           run_config=run_fingerprint(j.resolved), adapter=j.adapter)  # fmt: skip
         own.save(done, unstack(stacked, k, j.tree), jax.tree.map(lambda x, k=k: x[k], opt_state))
         own.close()
         j.results["metrics"]["train"].update(steps=done, tokens_seen=tokens_seen, tokens_per_s=tps)
