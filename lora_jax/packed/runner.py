@@ -44,7 +44,7 @@ from lora_jax.packed.group import pack_key
 from lora_jax.packed.stack import stack, unstack
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
 from lora_jax.step import make_eval_loss
-from lora_jax.tasks.batching import TrainBatches, default_buckets
+from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
 from lora_jax.tasks.formatting import encode_example
 from lora_jax.tracking import Tracker, console
 
@@ -174,8 +174,12 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     encoded = [
         encode_example(tok, ex, cfg0.task.format, cfg0.task.max_len, task, add_bos) for ex in train
     ]
-    batches = TrainBatches(encoded, tcfg.batch_size, solo.data_seed(cfg0),
-                           default_buckets(cfg0.task.max_len), tok.pad_id)  # fmt: skip
+    # the solo run's batches (lora_jax.train); trainer.remat/scan/loss_chunk are not applied
+    # in a pack (they change speed and memory, not what is computed)
+    buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
+               else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
+    batches = TrainBatches(encoded, tcfg.batch_size, solo.data_seed(cfg0), buckets, tok.pad_id,
+                           sort_window=tcfg.get("sort_window", 0))  # fmt: skip
     micro = solo._total_steps(tcfg, batches.steps_per_epoch)
     accum = int(cfg0.optim.grad_accum)
     total = max(micro // accum, 1)
