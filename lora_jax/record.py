@@ -6,7 +6,9 @@ key lookups elsewhere).
       "schema": 2,
       "status": "running" | "ok" | "failed",  "error": str | None,  "traceback": str | None,
       "run": {name, dir, started, finished, wall_time_s, command, git_commit, host, platform,
-              device_kind, lora_jax_version, packages: {dist name: version | None}},
+              backend, device_kind, device_count, local_device_count, process_count,
+              process_index, precision: {compute, base, matmul}, mesh (when sharded),
+              lora_jax_version, packages: {dist name: version | None}},
       "config": the resolved Hydra config (every value the run used),
       "sweep": {sweep, model, task, targets, r, alpha, scale, scaling, lr, steps, tokens_seen,
                 seed}                            the key a report groups by
@@ -56,6 +58,8 @@ def run_info(name: str, run_dir: Path) -> dict[str, Any]:
     """The "run" block at start: versions, device, command line, git commit."""
     import jax
 
+    from lora_jax.sharding import device_summary
+
     return {
         "name": name,
         "dir": str(run_dir),
@@ -64,7 +68,7 @@ def run_info(name: str, run_dir: Path) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "host": platform.node(),
         "platform": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
+        **device_summary(),  # backend, device_kind, device/process counts (lora_jax/sharding.py)
         "lora_jax_version": lora_jax.__version__,
         # the environment: every distribution of lora-jax's dependency closure (make setup
         # installs them from requirements.lock)

@@ -23,8 +23,8 @@ def _open_dict() -> Any:
 class ModelCfg:
     name: str = MISSING  # short name used in run names and reports
     source: str = MISSING  # local HF folder, .gguf file, or hub id
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"  # storage dtype of the frozen base (bfloat16 halves its memory)
+    dtype: str | None = None  # compute dtype; null = from the precision policy (precision=)
+    param_dtype: str | None = None  # frozen base storage dtype; null = from precision=
     # QLoRA: store the frozen LoRA-targetable kernels quantized, dequantized on the fly:
     # none | nf4 (QLoRA's NF4 + double quantization) | int8 (row-wise) | keep (a GGUF's blocks)
     quant: str = "none"
@@ -37,6 +37,8 @@ class DecodeCfg:
     no_repeat_ngram_size: int = 0
     max_new_tokens: int = 64
     batch_size: int = 16
+    # decode on merged weights W + s·BA (the base model's cost); null = when the base is fp32
+    merged: bool | None = None
 
 
 @dataclass
@@ -132,6 +134,22 @@ class LoggerCfg:
 
 
 @dataclass
+class PrecisionCfg:  # lora_jax/precision.py; LoRA, optimizer state, logits, loss: always fp32
+    compute: str = "auto"  # auto (fp32 on CPU, bf16 on GPU/TPU) | float32 | bfloat16
+    base: str = "auto"  # storage of the frozen base: auto | float32 | bfloat16
+    matmul: str | None = None  # jax_default_matmul_precision (highest = full fp32); null = default
+
+
+@dataclass
+class MeshCfg:  # lora_jax/sharding.py; data × fsdp = the device count, -1 = the rest
+    data: int = 1
+    fsdp: int = 1
+    lora: str = "replicated"  # replicated | fsdp: LoRA factors and optimizer state placement
+    distributed: bool | None = None  # jax.distributed.initialize(); null = when the env says so
+    prefetch: int = 2  # batches put on the devices ahead of the step (0 = off)
+
+
+@dataclass
 class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     task: TaskCfg = field(default_factory=TaskCfg)
@@ -139,6 +157,8 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
+    precision: PrecisionCfg = field(default_factory=PrecisionCfg)
+    mesh: MeshCfg = field(default_factory=MeshCfg)
     seed: int = 0
     name: str = "run"
     output_dir: str | None = None  # default: Hydra's run dir

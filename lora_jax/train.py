@@ -26,7 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lora_jax import record
+from lora_jax import precision as precision_policy
+from lora_jax import record, sharding
 from lora_jax import schema as config_schema
 from lora_jax.checkpoint import (
     AdapterMismatch,
@@ -73,6 +74,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     another run's checkpoints is refused before anything is written (``trainer.resume=true``
     continues it when its stored config matches); resuming a finished run returns its record.
     """
+    sharding.maybe_initialize_distributed(cfg.mesh.distributed)  # before any other jax call
     with RunDirLock(run_dir):
         resolved = OmegaConf.to_container(cfg, resolve=True)
         ckpt = Checkpointer(run_dir / "checkpoints", keep=max(int(cfg.trainer.ckpt_keep), 1),
@@ -145,9 +147,19 @@ def _train_and_eval(
     cfg: DictConfig, run_dir: Path, results: dict, tracker: Tracker, ckpt: Checkpointer
 ) -> None:
     tcfg, ocfg = cfg.trainer, cfg.optim
-    # 1. The frozen model.
+    # 1. The frozen model, in the precision policy's dtypes.
+    prec = precision_policy.resolve(cfg.precision, cfg.model.dtype, cfg.model.param_dtype)
+    prec.apply()
+    results["run"]["precision"] = {
+        "compute": prec.compute,
+        "base": prec.base,
+        "matmul": prec.matmul,
+    }
+    dev = results["run"]
+    console.print(f"{dev['backend']}: {dev['device_count']} x {dev['device_kind']}, "
+                  f"{dev['process_count']} process(es); {prec.describe()}")  # fmt: skip
     t = time.time()
-    lm = load_model(cfg.model.source, cfg.model.dtype, cfg.model.param_dtype, cfg.lora.dropout,
+    lm = load_model(cfg.model.source, prec.compute, prec.base, cfg.lora.dropout,
                     quant=cfg.model.quant)  # fmt: skip
     module, frozen, tok = lm.module, lm.params, lm.tokenizer
     check_model_fit(OmegaConf.to_container(cfg, resolve=True), lm.config)
@@ -227,10 +239,23 @@ def _train_and_eval(
     console.print(f"{len(train)} train examples, {batches.steps_per_epoch} steps/epoch, {micro_steps} steps, "
                   f"{len(items)} eval items, buckets {batches.buckets}")  # fmt: skip
 
+    mesh = None  # lora_jax/sharding.py; None: one device, plain jit
+    if cfg.mesh.data * cfg.mesh.fsdp != 1:
+        mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+        sharding.check_batch(tcfg.batch_size, mesh)
+        results["run"]["mesh"] = dict(mesh.shape)
+        console.print(f"mesh {dict(mesh.shape)}, LoRA/optimizer state {cfg.mesh.lora}")
+
     # 4. Resume (the config was checked against the stored one in run()); the record of the
     # earlier part (losses, eval before, validation) comes back from the checkpoint's meta.
     start = 0
     if tcfg.resume and ckpt.latest_step() is not None:
+        if mesh is not None:  # restore straight onto this run's mesh
+            rule = cfg.mesh.lora
+            lora = sharding.abstract(lora, sharding.state_shardings(lora, mesh, rule))
+            opt_state = sharding.abstract(
+                opt_state, sharding.state_shardings(opt_state, mesh, rule)
+            )
         lora, opt_state, start, meta = ckpt.restore(lora, opt_state)
         _restore_record(results, meta, start)
         console.print(f"resumed from {ckpt.directory} at step {start}")
@@ -240,18 +265,34 @@ def _train_and_eval(
         validate(0)
 
     # 5. The loop: one jitted step; device metrics are fetched only at log points.
+    end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
     train_module, frozen_step, prefix = _speed_options(tcfg, module, frozen, lm.config.family)
     step_fn = make_train_step(
         train_module, tx, label_smoothing=ocfg.label_smoothing, dropout=cfg.lora.dropout > 0,
-        loss_chunk=tcfg.loss_chunk, scan_prefix=prefix,
+        loss_chunk=tcfg.loss_chunk, scan_prefix=prefix, jit=mesh is None,
     )  # fmt: skip
+    batch_place: Any = jax.devices()[0] if mesh is None else sharding.batch_sharding(mesh)
+    if mesh is not None:  # lora_jax/sharding.py: jit with in/out shardings, place the state
+        step_fn, sh = sharding.shard_train_step(
+            step_fn, mesh, lora, opt_state, frozen_step, cfg.mesh.lora
+        )
+        lora, opt_state = (
+            sharding.place(lora, sh["lora"]),
+            sharding.place(opt_state, sh["opt_state"]),
+        )
+        frozen_step = sharding.place(frozen_step, sh["frozen"])
+        if prefix is None:  # the same tree: evaluation decodes on the sharded base too
+            frozen = lm.params = frozen_step
+    host_batches = (
+        (int(b["attention_mask"].sum()), b) for b in map(batches.batch_at, range(start, end))
+    )
+    device_batches = sharding.prefetch_to_device(host_batches, batch_place, cfg.mesh.prefetch)
     key = jax.random.PRNGKey(cfg.seed)
     train_m = results["metrics"]["train"]
     pending: list[dict] = []
     window_tokens, window_t0, tps_all = 0, None, []
     # non-padding tokens of the batches trained on (those before a resume point included)
     tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
-    end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
     progress = _progress(tcfg.progress, end - start)
     done = start
 
@@ -260,9 +301,7 @@ def _train_and_eval(
             ckpt.save(at, lora, opt_state, extra={"train": train_m, "validation": val_m,
                       "eval_before": results["metrics"]["eval_before"]})  # fmt: skip
 
-    for step in range(start, end):
-        batch = batches.batch_at(step)
-        n_tokens = int(batch["attention_mask"].sum())
+    for step, (n_tokens, batch) in zip(range(start, end), device_batches):
         window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
         lora, opt_state, m = step_fn(
             lora, opt_state, frozen_step, batch, jax.random.fold_in(key, step)
