@@ -82,6 +82,7 @@ def generate(
             f"{limit} learned positions; lower max_new_tokens or pass max_prompt_len="
             f"{limit - max_new_tokens}"
         )
+    spec = _CacheSpec(init_cache, cfg, getattr(module, "dtype", jnp.float32))
     run = _decoder(
         module,
         num_beams,
@@ -91,8 +92,8 @@ def generate(
         early_stopping,
         eos,
         int(pad_token_id),
+        spec,
     )
-    cache_dtype = getattr(module, "dtype", jnp.float32)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
 
@@ -112,8 +113,7 @@ def generate(
             p = prompts[i]
             ids[r, plen - len(p) :], mask[r, plen - len(p) :] = p, 1
         mask[len(idx) :, -1] = 1  # filler rows: one pad token, so no row is empty
-        cache = init_cache(cfg, rows, plen + max_new_tokens, cache_dtype)
-        result = run(variables, jnp.asarray(ids), jnp.asarray(mask), cache)
+        result = run(variables, jnp.asarray(ids), jnp.asarray(mask))
         if pending is not None:
             collect(*pending)
         pending = (idx, result)
@@ -162,9 +162,34 @@ def _bucket(n: int, cap: int, low: int = 1) -> int:
     return max(n, min(cap, 1 << max(low - 1, n - 1).bit_length()))
 
 
+class _CacheSpec:
+    """``init_cache``, the model config and the cache dtype as one hashable key, so the cache is
+    built inside the jitted decoder: it never crosses the jit boundary (no host-built buffer
+    to transfer, copy or donate) and the loop updates it in place as its carry. Configs that
+    cannot be hashed (a dict field) are keyed by identity."""
+
+    def __init__(self, fn: Callable[..., Any], cfg: Any, dtype: Any):
+        self.fn, self.cfg, self.dtype = fn, cfg, dtype
+        try:
+            hash(cfg)
+            self._key = (fn, cfg, dtype)
+        except TypeError:
+            self._key = (fn, id(cfg), dtype)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _CacheSpec) and self._key == other._key
+
+    def __call__(self, rows: int, length: int) -> Any:
+        return self.fn(self.cfg, rows, length, self.dtype)
+
+
 @functools.lru_cache(maxsize=64)
-def _decoder(module, num_beams, max_new, length_penalty, ngram, early_stopping, eos, pad):
-    """One jitted ``(variables, ids, mask, cache) -> (tokens [B, max_new], lengths [B])``."""
+def _decoder(module, num_beams, max_new, length_penalty, ngram, early_stopping, eos, pad, spec):
+    """One jitted ``(variables, ids [B, P], mask [B, P]) -> (tokens [B, max_new], lengths [B])``
+    that builds its KV cache (``spec(B, P + max_new)``) inside."""
     body = _greedy if num_beams == 1 else _beam
     fn = functools.partial(
         body,
@@ -177,7 +202,11 @@ def _decoder(module, num_beams, max_new, length_penalty, ngram, early_stopping, 
         eos=eos,
         pad=pad,
     )
-    return jax.jit(fn)
+
+    def run(variables, ids, mask):
+        return fn(variables, ids, mask, spec(ids.shape[0], ids.shape[1] + max_new))
+
+    return jax.jit(run)
 
 
 def _forward(module, variables, ids, mask, positions, cache):
@@ -189,9 +218,20 @@ def _forward(module, variables, ids, mask, positions, cache):
 
 
 def _prefill(module, variables, ids, mask, cache):
-    """ids, mask: [B, P] left-padded -> last logits [B, V], cache, prompt lengths [B]."""
+    """ids, mask: [B, P] left-padded -> last logits [B, V], cache, prompt lengths [B].
+
+    Two calls: the first ``P - 1`` tokens only fill the cache (their logits are unused, so XLA
+    drops the ``[B, P-1, V]`` output projection, as ``generate`` does with
+    ``logits_to_keep=1``), then the last token (always real: prompts are right-aligned) gives
+    the logits."""
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-    logits, cache = _forward(module, variables, ids, mask, positions, cache)
+    p = ids.shape[1]
+    if p > 1:
+        _, cache = module.apply(
+            variables, ids[:, :-1], attention_mask=mask[:, :-1], positions=positions[:, :-1],
+            cache=cache, deterministic=True,
+        )  # fmt: skip
+    logits, cache = _forward(module, variables, ids[:, -1:], mask[:, -1:], positions[:, -1:], cache)
     return logits, cache, mask.sum(axis=1).astype(jnp.int32)
 
 
@@ -273,6 +313,45 @@ def _greedy(
 def _gather(x, idx):
     """x: [B, M, ...], idx: [B, K] -> [B, K, ...]."""
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _generated_start(cache: Any, n: int) -> jax.Array | None:
+    """[n] int32: the cache slot where each row's generated tokens begin (read right after the
+    prefill): ``index`` for a cache written at one shared slot per step (all rows), or
+    ``lengths`` for per-row left-aligned caches; None when the cache has neither."""
+    if isinstance(cache, dict) and "lengths" in cache:
+        return cache["lengths"].astype(jnp.int32)
+    if isinstance(cache, dict) and "index" in cache:
+        return jnp.broadcast_to(cache["index"].astype(jnp.int32), (n,))
+    return None
+
+
+def _reorder_generated(
+    cache: Any, parent: jax.Array, start: jax.Array | None, width: int, slots: int
+) -> Any:
+    """Beam reorder: row ``j`` takes row ``parent[j]``'s cache, but only the ``width`` slots
+    from ``start[j]`` (the generated tokens) move: the prompt slots are identical for every beam
+    of a prompt (the cache was repeated after the prefill) and slots past the generated ones
+    are unwritten. A leaf's slot axis is its one axis of size ``slots`` (the cache length);
+    leaves without exactly one (or when ``start`` is None) are gathered whole. parent, start: [n].
+    """
+    n = parent.shape[0]
+
+    def take(x):
+        if x.ndim == 0 or x.shape[0] != n:
+            return x
+        axes = [a for a in range(1, x.ndim) if x.shape[a] == slots]
+        if start is None or len(axes) != 1 or width >= slots:
+            return x[parent]
+        ax = axes[0] - 1  # the slot axis within one row
+        src = jax.vmap(lambda i, s0: jax.lax.dynamic_slice_in_dim(x[i], s0, width, ax))(
+            parent, start
+        )
+        return jax.vmap(lambda xj, sj, s0: jax.lax.dynamic_update_slice_in_dim(xj, sj, s0, ax))(
+            x, src, start
+        )
+
+    return jax.tree.map(take, cache)
 
 
 def _beam(
@@ -365,12 +444,17 @@ def _beam(
     s = pick(0, logits, s0)
     flat_parent = lambda s: (s["parent"] + jnp.arange(b)[:, None] * nb).reshape(n)
 
+    gen_start = _generated_start(cache, n)
+
+    def reorder(cache, parent):
+        return _reorder_generated(cache, parent, gen_start, max_new, p + max_new)
+
     def cond(c):
         return (c[0] < max_new) & ~c[1]["done"].all()
 
     def step(c):
         t, s, cache = c
-        cache = jax.tree.map(lambda x: x[flat_parent(s)] if x.ndim else x, cache)
+        cache = reorder(cache, flat_parent(s))
         tok = s["run_tok"][:, :, t - 1].reshape(n, 1)
         pos = (plen_n + t - 1)[:, None]
         logits, cache = _forward(module, variables, tok, jnp.ones((n, 1), jnp.int32), pos, cache)
