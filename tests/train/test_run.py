@@ -40,6 +40,11 @@ def test_results_json_has_every_field(trained):
 
     assert res["run"]["packages"]["jax"] == jax.__version__  # lora_jax.env_info
     assert res["run"]["packages"]["flax"] == flax.__version__
+    # what it ran on, and the precision policy resolved for the CPU (auto: fp32)
+    assert res["run"]["backend"] == "cpu" and res["run"]["device_count"] == jax.device_count()
+    assert res["run"]["process_count"] == 1
+    assert res["run"]["precision"] == {"compute": "float32", "base": "float32", "matmul": None}
+
     # The config is the resolved one: no interpolations left, and the run name resolved alpha.
     assert "${" not in json.dumps(res["config"])
     assert res["config"]["lora"]["r"] == 4 and res["config"]["optim"]["lr"] == 3e-2

@@ -57,7 +57,9 @@ def test_sharded_step_equals_single_device(setup, reference, name, rule):
         atol = 1e-5 * float(np.abs(y).max()) + 1e-3 * OPTIM["lr"]
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
     # the step moved the LoRA params (a no-op step would pass the comparison too)
-    assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(lo), jax.tree.leaves(setup[2])))
+    assert any(
+        not np.allclose(x, y) for x, y in zip(jax.tree.leaves(lo), jax.tree.leaves(setup[2]))
+    )
 
 
 def test_frozen_bytes_per_device_are_one_nth(setup):
