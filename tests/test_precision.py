@@ -14,7 +14,7 @@ from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
-from lora_jax.optim import build_optimizer
+from lora_jax.optimizer import build_optimizer
 from lora_jax.step import make_eval_loss, make_train_step
 
 OPTIM = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
@@ -83,7 +83,7 @@ def test_bf16_loss_close_to_fp32_on_smollm2():
     operation); the dtype invariants of the step are checked on the tiny model above."""
     import os
 
-    from lora_jax.models.registry import load_model
+    from lora_jax.models.pretrained import load_model
 
     path = os.environ.get("LORA_JAX_SMOLLM2_GGUF")
     if not path:
