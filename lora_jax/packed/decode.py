@@ -54,9 +54,9 @@ def generate_multi(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds GPT-2's "
             f"{limit} learned positions; lower max_new_tokens"
         )
+    spec = decoding._CacheSpec(init_cache, cfg, getattr(module, "dtype", jnp.float32))
     run = _multi_decoder(module, num_beams, max_new_tokens, float(length_penalty),
-                         no_repeat_ngram_size, eos, int(pad_token_id))  # fmt: skip
-    cache_dtype = getattr(module, "dtype", jnp.float32)
+                         no_repeat_ngram_size, eos, int(pad_token_id), spec)  # fmt: skip
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(k)]
 
@@ -77,8 +77,7 @@ def generate_multi(
             p = prompts[i]
             ids[r, plen - len(p) :], mask[r, plen - len(p) :] = p, 1
         mask[len(idx) :, -1] = 1
-        cache = init_cache(cfg, rows, plen + max_new_tokens, cache_dtype)
-        result = run(frozen, stacked, jnp.asarray(ids), jnp.asarray(mask), cache)
+        result = run(frozen, stacked, jnp.asarray(ids), jnp.asarray(mask))
         if pending is not None:
             collect(*pending)
         pending = (idx, result)
@@ -89,15 +88,17 @@ def generate_multi(
 _CACHE: dict = {}
 
 
-def _multi_decoder(module, num_beams, max_new, length_penalty, ngram, eos, pad):
-    key = (module, num_beams, max_new, length_penalty, ngram, eos, pad)
+def _multi_decoder(module, num_beams, max_new, length_penalty, ngram, eos, pad, spec):
+    key = (module, num_beams, max_new, length_penalty, ngram, eos, pad, spec)
     if key not in _CACHE:
-        one = decoding._decoder(module, num_beams, max_new, length_penalty, ngram, False, eos, pad)
+        one = decoding._decoder(
+            module, num_beams, max_new, length_penalty, ngram, False, eos, pad, spec
+        )
 
-        def run(frozen, lora, ids, mask, cache):
-            return one({"params": frozen, "lora": lora}, ids, mask, cache)
+        def run(frozen, lora, ids, mask):  # the KV cache is built inside the decoder
+            return one({"params": frozen, "lora": lora}, ids, mask)
 
-        _CACHE[key] = jax.jit(jax.vmap(run, in_axes=(None, 0, None, None, None)))
+        _CACHE[key] = jax.jit(jax.vmap(run, in_axes=(None, 0, None, None)))
     return _CACHE[key]
 
 
