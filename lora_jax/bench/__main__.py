@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-flops", type=float, help="device peak FLOP/s for MFU (CPU: none)")
+    p.add_argument(
+        "--quant",
+        default="none",
+        choices=("none", "nf4", "int8"),
+        help="QLoRA: frozen kernels stored quantized (PEFT side: bitsandbytes 4/8-bit)",
+    )
     p.add_argument("--peft", action="store_true", help="also run HF PEFT eager and compiled")
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
@@ -47,20 +53,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = model_config(case, a.tiny)
         r = run_case(case, cfg, dtype=dtype, param_dtype=dtype, remat=a.remat,
                      loss_chunk=a.loss_chunk, warmup=a.warmup, repeats=a.repeats,
-                     peak=a.peak_flops)  # fmt: skip
+                     peak=a.peak_flops, quant=a.quant)  # fmt: skip
         row = dataclasses.asdict(r) | {"batch": case.batch, "seq": case.seq}
         mfu = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         peak = "n/a" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.1f} MiB"
         print(f"{case.name:20s} b{case.batch} s{case.seq}: {r.tokens_per_s:10.0f} tok/s  "
               f"step {1e3 * r.step_s:8.1f} ms  peak {peak} ({r.peak_source}; host RSS "
-              f"{r.host_rss_mib:.0f} MiB)  trainable {r.trainable:,}  MFU {mfu}  "
+              f"{r.host_rss_mib:.0f} MiB)  frozen {r.frozen_bytes / 2**20:.1f} MiB  trainable {r.trainable:,}  MFU {mfu}  "
               f"FLOPs/step xla {r.flops_xla:.3e} formula {r.flops_formula:.3e}")  # fmt: skip
         if a.peft:
             from lora_jax.bench.peft_step import run_peft
 
             for variant, comp in (("peft_eager", False), ("peft_compile", True)):
                 try:
-                    pr = run_peft(case, cfg, comp, a.warmup, a.repeats)
+                    pr = run_peft(case, cfg, comp, a.warmup, a.repeats, quant=a.quant)
                 except Exception as e:  # noqa: BLE001 — report and go on with the table
                     row[variant] = {"error": f"{type(e).__name__}: {e}"[:300]}
                     print(f"  {variant}: failed: {row[variant]['error']}")

@@ -29,6 +29,7 @@ import lora_jax.lora as L
 from lora_jax.bench.cases import Case
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
+from lora_jax.quant import frozen_bytes, quantize_params
 from lora_jax.step import make_full_finetune_step, make_train_step
 
 # dense bf16 peak FLOP/s per device kind (vendor data sheets; SXM parts)
@@ -57,6 +58,7 @@ class Result:
     host_rss_mib: float
     mfu: float | None
     loss: float
+    frozen_bytes: int = 0  # resident frozen base (packed bytes when quantized)
 
 
 def peak_flops(device: Any, given: float | None) -> float | None:
@@ -109,9 +111,16 @@ def run_case(
     warmup: int = 2,
     repeats: int = 5,
     peak: float | None = None,
+    quant: str = "none",
 ) -> Result:
-    """Build, compile, warm up and time ``repeats`` steps of ``case``; median step time."""
+    """Build, compile, warm up and time ``repeats`` steps of ``case``; median step time.
+    ``quant`` (nf4 | int8): the adapted model's frozen kernels stored quantized (QLoRA)."""
     module, params, mcfg = _model(case, cfg, dtype, param_dtype, remat)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)  # for FLOPs
+    if quant != "none":
+        if case.full:
+            raise ValueError("--quant applies to LoRA cases only (a quantized base is frozen)")
+        params = quantize_params(params, quant, lora_modules(mcfg))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, mcfg.vocab_size, (case.batch, case.seq)).astype(np.int32)
     batch = {
@@ -164,7 +173,7 @@ def run_case(
         parts = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
         peak_bytes = float(sum(getattr(mem, p) for p in parts)) if mem else None
         source = "compiled args+outputs+temp"
-    flops_f = formula_flops(mcfg, params, lora, tokens, case.seq)
+    flops_f = formula_flops(mcfg, shapes, lora, tokens, case.seq)
     pk = peak_flops(device, peak)
     return Result(
         case=case.name,
@@ -178,4 +187,5 @@ def run_case(
         host_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         mfu=None if pk is None else flops_f / step_s / pk,
         loss=loss,
+        frozen_bytes=int(frozen_bytes(params)["bytes"]),
     )

@@ -40,8 +40,32 @@ def _hf_model(case: Case, cfg: ModelConfig | None):
         tie_word_embeddings=cfg.tie_word_embeddings))  # fmt: skip
 
 
+def _quantized(model, quant: str):
+    """The same weights reloaded through bitsandbytes (QLoRA: NF4, double quantization, bf16
+    compute; or LLM.int8), the way PEFT users load a QLoRA base."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        if quant == "nf4"
+        else BitsAndBytesConfig(load_in_8bit=True)
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return AutoModelForCausalLM.from_pretrained(d, quantization_config=bnb)
+
+
 def run_peft(
-    case: Case, cfg: ModelConfig | None, compile_: bool, warmup: int = 2, repeats: int = 5
+    case: Case,
+    cfg: ModelConfig | None,
+    compile_: bool,
+    warmup: int = 2,
+    repeats: int = 5,
+    quant: str = "none",
 ) -> dict:
     """``{"step_s", "tokens_per_s", "peak_bytes" (CUDA only), "trainable"}`` of one variant."""
     import torch
@@ -49,12 +73,14 @@ def run_peft(
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model = _hf_model(case, cfg)
+    if quant != "none":
+        model = _quantized(model, quant)
     if not case.full:
         names = HF_GPT2 if model.config.model_type == "gpt2" else HF_LLAMA
         targets = sorted({names[t] for t in case.targets})
         lcfg = LoraConfig(r=case.r, lora_alpha=2 * case.r, target_modules=targets, lora_dropout=0.0)
         model = get_peft_model(model, lcfg)
-    model = model.to(dev).train()
+    model = (model if quant != "none" else model.to(dev)).train()  # bnb places its own weights
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
     fwd = torch.compile(model) if compile_ else model

@@ -19,3 +19,16 @@ def test_bench_tiny_runs_every_case(capsys):
     assert full["trainable"] > 3 * lora["trainable"]
     assert full["flops_formula"] > lora["flops_formula"]
     assert "MFU n/a" in out  # no peak FLOP/s known for a CPU
+
+
+def test_bench_tiny_qlora_case_holds_a_packed_base(capsys):
+    """--quant nf4 runs the LoRA step over NF4 kernels: same trainable count, a frozen base
+    well under the fp32 one (the tiny toy's embeddings/head stay fp32, so not 8x smaller)."""
+    args = ["--tiny", "--warmup", "0", "--repeats", "1", "--cases", "tinyllama-all-r8"]
+    dense, q = main(args)[0], main([*args, "--quant", "nf4"])[0]
+    assert q["trainable"] == dense["trainable"]
+    assert q["frozen_bytes"] < 0.8 * dense["frozen_bytes"], (
+        q["frozen_bytes"],
+        dense["frozen_bytes"],
+    )
+    assert q["tokens_per_s"] > 0 and abs(q["loss"] - dense["loss"]) < 0.5
