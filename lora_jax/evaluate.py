@@ -39,19 +39,37 @@ def decode_items(
     """Generated text per item (post-processed by the task). add_bos: as in training
     (:func:`lora_jax.tasks.formatting.encode_prompt`; None follows the tokenizer)."""
     variables = decode_variables(variables, model_cfg, decode_cfg.get("merged"))
+    prompts, kw = decode_request(
+        model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos
+    )
+    out = generate(module, variables, prompts, **kw)
+    return [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
+
+
+def decode_request(
+    model_cfg: Any,
+    tokenizer: Any,
+    task: Any,
+    items: Sequence[EvalItem],
+    fmt: str,
+    decode_cfg: Mapping[str, Any],
+    max_len: int,
+    add_bos: bool | None = None,
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """The prompts (encoded as in training) and the decoder's keyword arguments (EOS ids of the
+    model and the tokenizer, limits from ``decode_cfg``): one source for single- and
+    multi-adapter decoding."""
     prompts = [encode_prompt(tokenizer, it.source, fmt, task, add_bos) for it in items]
     eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
     eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
     max_new = int(decode_cfg["max_new_tokens"])
-    out = generate(
-        module, variables, prompts, cfg=model_cfg,
-        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_id,
+    return prompts, dict(
+        cfg=model_cfg, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_id,
         max_new_tokens=max_new, num_beams=int(decode_cfg["num_beams"]),
         length_penalty=float(decode_cfg["length_penalty"]),
         no_repeat_ngram_size=int(decode_cfg["no_repeat_ngram_size"]),
         batch_size=int(decode_cfg["batch_size"]), max_prompt_len=max(max_len - max_new, 8),
     )  # fmt: skip
-    return [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
 
 
 def decode_variables(
@@ -84,7 +102,9 @@ def evaluate(
     return task.score(hyps, list(items)), hyps
 
 
-if __name__ == "__main__":  # python -m lora_jax.evaluate --adapters RUN_DIR ... (many adapters, one base)
+if (
+    __name__ == "__main__"
+):  # python -m lora_jax.evaluate --adapters RUN_DIR ... (many adapters, one base)
     import sys
 
     from lora_jax.packed.evaluate import main

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lora_jax import decoding
-from lora_jax.tasks.formatting import encode_prompt
 
 
 def generate_multi(
@@ -117,18 +116,12 @@ def decode_items_multi(
 ) -> list[list[str]]:
     """Generated text per adapter per item, post-processed by the task: the multi-adapter
     counterpart of lora_jax.evaluate.decode_items (same prompts, EOS ids and limits)."""
-    prompts = [encode_prompt(tokenizer, it.source, fmt, task, add_bos) for it in items]
-    eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else tokenizer.eos_id
-    eos_ids = sorted({tokenizer.eos_id, *(eos if isinstance(eos, list) else [eos])})
-    max_new = int(decode_cfg["max_new_tokens"])
-    outs = generate_multi(
-        module, frozen, stacked, prompts, cfg=model_cfg,
-        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_id,
-        max_new_tokens=max_new, num_beams=int(decode_cfg["num_beams"]),
-        length_penalty=float(decode_cfg["length_penalty"]),
-        no_repeat_ngram_size=int(decode_cfg["no_repeat_ngram_size"]),
-        batch_size=int(decode_cfg["batch_size"]), max_prompt_len=max(max_len - max_new, 8),
-    )  # fmt: skip
+    from lora_jax.evaluate import decode_request
+
+    prompts, kw = decode_request(
+        model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos
+    )
+    outs = generate_multi(module, frozen, stacked, prompts, **kw)
     return [
         [task.postprocess(tokenizer.decode(ids, skip_special_tokens=True)) for ids in out]
         for out in outs
