@@ -157,16 +157,20 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora, frozen, batch, rng)
         updates, opt_state = tx.update(grads, opt_state, lora)
         lora = optax.apply_updates(lora, updates)
-        metrics = {
-            "loss": loss,
-            "nll": aux["nll"],
-            "tokens": aux["tokens"],
-            "grad_norm": optax.global_norm(grads),
-            "update_norm": optax.global_norm(updates),
-        }
-        return lora, opt_state, metrics
+        return lora, opt_state, step_metrics(loss, aux, grads, updates)
 
     return jax.jit(train_step, donate_argnums=(0, 1)) if jit else train_step
+
+
+def step_metrics(loss: jax.Array, aux: Mapping[str, jax.Array], grads: Any, updates: Any) -> dict:
+    """The device-side metrics every train step returns (solo and packed)."""
+    return {
+        "loss": loss,
+        "nll": aux["nll"],
+        "tokens": aux["tokens"],
+        "grad_norm": optax.global_norm(grads),
+        "update_norm": optax.global_norm(updates),
+    }
 
 
 def make_full_finetune_step(

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from lora_jax.lora import make_optimizer
-from lora_jax.step import _forward, lm_loss
+from lora_jax.step import _forward, lm_loss, step_metrics
 
 HP_KEYS = ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")
 
@@ -95,13 +95,7 @@ def make_packed_step(
         new = optax.apply_updates(lora, updates)
         keep = ok & jnp.isfinite(loss) & _all_finite(new)
         pick = lambda n, o: jnp.where(keep, n, o)
-        metrics = {
-            "loss": loss,
-            "nll": aux["nll"],
-            "tokens": aux["tokens"],
-            "grad_norm": optax.global_norm(grads),
-            "update_norm": optax.global_norm(updates),
-        }
+        metrics = step_metrics(loss, aux, grads, updates)
         return jax.tree.map(pick, new, lora), jax.tree.map(pick, new_opt, opt_state), keep, metrics
 
     step = jax.vmap(job_step, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))
