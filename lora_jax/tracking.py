@@ -26,7 +26,10 @@ class Tracker:
         name: str,
         axes: Mapping[str, Any],
         config: dict,
+        concurrent: bool = False,
     ):
+        """``concurrent``: this run is one of several open at once in this process (the jobs of
+        a pack, lora_jax.packed.runner); otherwise opening it finishes any earlier run."""
         self.run = None
         if logger_cfg["name"] == "none":
             return
@@ -50,7 +53,7 @@ class Tracker:
             tags=run_tags(self._user_tags, axes),
             dir=str(logger_cfg.get("dir") or run_dir),
             config=config | {"sweep": dict(axes)},
-            reinit="finish_previous",
+            reinit="create_new" if concurrent else "finish_previous",
         )
         self.run = _init_wandb(wandb, mode, kw)
 

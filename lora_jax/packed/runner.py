@@ -5,15 +5,24 @@ batched once (one data order: lora_jax.packed.group), each job's LoRA tree initi
 as its solo run (lora_jax.train) does and stacked (lora_jax.packed.stack), then one jitted step
 over the stack per batch (lora_jax.packed.step) and one multi-adapter decode per evaluation
 (lora_jax.packed.decode). Every job gets its own results.json (the solo record, plus
-``run.pack``), predictions, adapter checkpoint (``<run_dir>/checkpoints``, the job's own ranks
-and targets, loadable by ``adapter=``) and W&B run (its logged rows replayed when the pack ends).
+``run.pack``), predictions, checkpoints and W&B run:
+
+- W&B: each job's run is opened when the pack starts (one process holds K runs) and gets its
+  rows at each log / eval point, as the solo run logs them; it is finished when the job ends
+  (exit code 1 at the moment a job fails, the others when the pack ends).
+- Checkpoints: besides the pack's own (below), each job's ``<run_dir>/checkpoints`` gets, at
+  every ``trainer.ckpt_every`` and at the end, the job's state exactly as its solo run would
+  save it (its own ranks and targets, the solo optimizer's state: lora_jax.packed.state; the
+  solo run's config fingerprint and record so far). So ``adapter=<run_dir>`` loads it, and a
+  stopped job continues alone: ``python -m lora_jax.train <the job's overrides>
+  trainer.resume=true output_dir=<run_dir>``.
 
 Failures: a job whose config fails (e.g. a rank too large) is failed before the pack starts; a
 job whose loss or parameters become non-finite is frozen on device and failed at the next log
 point; the other jobs go on. Resume (``trainer.resume=true``): jobs whose results.json says
 "ok" are kept as they are; the others restart from the pack's checkpoint
 (``<pack_dir>/checkpoints``, written every ``trainer.ckpt_every`` steps) when it holds the
-same jobs.
+same jobs, with their records of the earlier part read back from their own checkpoints.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from lora_jax.models.registry import lora_modules
 from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.decode import decode_items_multi
 from lora_jax.packed.group import pack_key
-from lora_jax.packed.stack import stack, unstack
+from lora_jax.packed.stack import stack
+from lora_jax.packed.state import job_state
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
 from lora_jax.step import make_eval_loss
 from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
@@ -58,7 +68,9 @@ class _Job:
             cfg.name, run_dir, self.resolved, record.sweep_key(self.resolved)
         )
         self.results["run"]["pack"] = {"index": index, "size": size, "jobs": names}
-        self.rows: list[tuple[dict, int]] = []  # logged rows, replayed into W&B at the end
+        self.tracker: Tracker | None = None  # the job's W&B run, open while the job trains
+        self.ckpt: Checkpointer | None = None  # the job's own <run_dir>/checkpoints
+        self.solo_tx: Any = None  # the job's optimizer as its solo run builds it
         self.tree: Any = None
         self.adapter: dict = {}
         self.alive = False
@@ -68,6 +80,33 @@ class _Job:
         self.results["traceback"] = tb
         self.alive = False
         console.print(f"[red]run {self.cfg.name} failed[/]: {error}")
+        record.write(self.results, self.run_dir)  # rewritten with the pack's times at its end
+        self.close_tracker()
+
+    def log(self, row: dict, step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log(row, step=step)
+
+    def close_tracker(self) -> None:
+        """The record into the W&B summary, then the run finishes (exit code 1 unless ok)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is None:
+            return
+        try:
+            tracker.update_axes(self.results["sweep"])
+            tracker.record(self.results)
+        finally:
+            tracker.finish(exit_code=0 if self.results["status"] == "ok" else 1)
+
+    def save(self, step: int, stacked: Any, opt_state: Any, k: int) -> None:
+        """Slot ``k`` of the pack as this job's own checkpoint of ``step`` (what its solo run
+        saves: its (lora, opt_state) and its training record so far)."""
+        if self.ckpt is None or self.ckpt.latest_step() == step:
+            return
+        lora, opt = job_state(stacked, opt_state, k, self.tree, self.solo_tx)
+        m = self.results["metrics"]
+        self.ckpt.save(step, lora, opt, extra={"train": m["train"], "validation": m["validation"],
+                                               "eval_before": m["eval_before"]})  # fmt: skip
 
 
 def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> list[dict]:
@@ -89,6 +128,10 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> li
         for j in todo:
             if j.alive or j.results["status"] == "running":
                 j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+    finally:
+        for j in todo:
+            if j.ckpt is not None:
+                j.ckpt.close()
     wall = time.time() - t0
     out = []
     for i, j in enumerate(jobs):
@@ -101,7 +144,7 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> li
         record.finish(r, time.time() - wall / len(todo))  # the pack's wall time, shared
         r["run"]["pack"]["wall_time_s"] = wall
         record.write(r, j.run_dir)
-        _replay(j)
+        j.close_tracker()
         out.append(r)
     return out
 
@@ -112,20 +155,6 @@ def _finished_ok(job: _Job) -> bool:
         return False
     rec = json.loads(path.read_text())
     return rec.get("status") == "ok" and not rec["run"].get("stopped_at")  # stop_after: not done
-
-
-def _replay(job: _Job) -> None:
-    r = job.results
-    tracker = None
-    try:
-        tracker = Tracker(job.cfg.logger, job.run_dir, job.cfg.name, r["sweep"], job.resolved)
-        for row, step in job.rows:
-            tracker.log(row, step=step)
-        tracker.update_axes(r["sweep"])
-        tracker.record(r)
-    finally:
-        if tracker is not None:
-            tracker.finish(exit_code=0 if r["status"] == "ok" else 1)
 
 
 def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
@@ -141,18 +170,26 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     for j in jobs:
         j.alive = True
         try:
+            j.tracker = Tracker(j.cfg.logger, j.run_dir, j.cfg.name, j.results["sweep"], j.resolved,
+                                concurrent=True)  # fmt: skip
             if j.cfg.adapter or j.cfg.trainer.eval_only:
                 raise ValueError(
                     "adapter=/trainer.eval_only runs are not packed; use python -m lora_jax.evaluate --adapters"
                 )
+            # the solo run's checkpoint dir and rules: a new run refuses one holding
+            # checkpoints, a resume one written with another config (lora_jax.checkpoint)
+            j.ckpt = Checkpointer(j.run_dir / "checkpoints", keep=max(int(tcfg.ckpt_keep), 1),
+                                  run_config=run_fingerprint(j.resolved))  # fmt: skip
+            j.ckpt.check_resume(bool(j.cfg.trainer.resume))
             lora_dict = OmegaConf.to_container(j.cfg.lora)
             lcfg = LoraConfig.from_dict(lora_dict | {"seed": j.cfg.seed})
             j.tree, targets = lora_init(
                 jax.random.PRNGKey(j.cfg.seed), lm.params, lcfg, lora_modules(lm.config)
             )
-            j.adapter = adapter_meta(lm.config, lora_dict, targets)
+            j.adapter = j.ckpt.adapter = adapter_meta(lm.config, lora_dict, targets)
             j.results["params"] = param_report(targets, lm.params).as_dict()
             record.set_targets(j.results, targets)
+            j.tracker.update_axes(j.results["sweep"])
             console.print(
                 f"  {j.cfg.name}: LoRA on {len(targets)} blocks: {solo._describe(targets)}"
             )
@@ -187,7 +224,8 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     for j in list(live):
         j.results["main_metric"] = task.main_metric
         try:
-            lr_fns.append(build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree, total)[1])
+            j.solo_tx, lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree, total)
+            lr_fns.append(lr_fn)
         except Exception as e:
             j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
             live.remove(j)
@@ -223,6 +261,8 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             ckpt.close()
             shutil.rmtree(ckpt.directory)
             ckpt = Checkpointer(pack_dir / "checkpoints", keep=tcfg.ckpt_keep)
+    for j in live:
+        _align_own_checkpoints(j, start)
 
     def evaluate_all(tag: str, step: int | None) -> None:
         t = time.time()
@@ -241,12 +281,8 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             )
             j.results["metrics"][tag] = metrics
             if step is not None:
-                j.rows.append(
-                    (
-                        {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                        step,
-                    )
-                )
+                j.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
+                      step)  # fmt: skip
         console.print(
             f"  {tag}: decoded {len(items)} items x {k_jobs} adapters in {time.time() - t:.1f}s"
         )
@@ -268,7 +304,7 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
                 vm = j.results["metrics"]["validation"]
                 vm["loss"] = loss
                 vm.setdefault("history", []).append([step, loss])
-                j.rows.append(({"val/loss": loss}, step))
+                j.log({"val/loss": loss}, step)
 
     for j in live:
         j.results["metrics"]["validation"]["examples"] = sum(
@@ -323,16 +359,16 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
                 row = {"train/loss": loss, "train/nll": float(np.mean([h["nll"][k] for h in host])),
                        "train/grad_norm": float(host[-1]["grad_norm"][k]),
                        "train/lr": float(lr_host[k, min(done // accum, total)]), "train/tokens_per_s": tps}  # fmt: skip
-                j.rows.append((row, done))
+                j.log(row, done)
             console.print(f"  step {done}/{end}: " + " ".join(
                 f"{float(np.mean([h['loss'][k] for h in host])):.3f}" for k in range(k_jobs)) + f"  {tps * k_jobs:,.0f} tok/s")  # fmt: skip
         if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
-            ckpt.save(
-                done,
-                stacked,
-                opt_state,
-                {"jobs": names, "ok": [bool(x) for x in jax.device_get(ok)], "errors": errors},
-            )
+            ok_host = [bool(x) for x in jax.device_get(ok)]
+            ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
+            host_state = jax.device_get((stacked, opt_state))  # one transfer, K slots cut
+            for k, j in enumerate(live):
+                if j.alive and ok_host[k]:  # a job frozen since the last log point: not saved
+                    j.save(done, *host_state, k)
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
             evaluate_all(f"eval_step{done}", done)
             validate(done)
@@ -341,18 +377,16 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
     ckpt.close()
     tps = float(np.median(tps_all)) if tps_all else None
+    host_state = jax.device_get((stacked, opt_state))
     for k, j in enumerate(live):
-        if not j.alive:
+        if not (j.alive and ok_host[k]):
             continue
-        own = Checkpointer(j.run_dir / "checkpoints", keep=max(int(tcfg.ckpt_keep), 1),
-                           run_config=run_fingerprint(j.resolved), adapter=j.adapter)  # fmt: skip
-        own.save(done, unstack(stacked, k, j.tree), jax.tree.map(lambda x, k=k: x[k], opt_state))
-        own.close()
         j.results["metrics"]["train"].update(steps=done, tokens_seen=tokens_seen, tokens_per_s=tps)
         j.results["sweep"].update(steps=done, tokens_seen=tokens_seen)
         j.results["run"]["pack"]["tokens_per_s"] = None if tps is None else tps * k_jobs
         if done < micro:
             j.results["run"]["stopped_at"] = done
+        j.save(done, *host_state, k)
     if done < micro:
         console.print(
             f"  stopped after step {done} of {micro} (trainer.stop_after); resume with trainer.resume=true"
@@ -365,3 +399,17 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     for j in live:
         if j.alive:
             j.results["memory"] = mem
+
+
+def _align_own_checkpoints(job: _Job, start: int) -> None:
+    """The pack (re)starts at ``start``: the job's record of the earlier part comes back from its
+    own checkpoint of that step (as a solo resume does); its steps after ``start`` (from a run
+    that went further than the pack's checkpoint, or a pack that starts afresh) are dropped,
+    the pack writes them again."""
+    assert job.ckpt is not None
+    steps = job.ckpt.all_steps()
+    if start and start in steps:
+        solo._restore_record(job.results, job.ckpt.read_meta(start), start)
+    for s in steps:
+        if s > start:
+            job.ckpt.manager.delete(s)

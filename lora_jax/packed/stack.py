@@ -82,14 +82,15 @@ def stack(trees: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
 
 
 def unstack(stacked: Mapping[str, Any], k: int, like: Mapping[str, Any]) -> dict:
-    """Job ``k``'s own tree (the structure and ranks of ``like``, e.g. its initial tree)."""
+    """Job ``k``'s own tree (the structure and ranks of ``like``, e.g. its initial tree); also
+    cuts a LoRA-shaped optimizer subtree (Adam moments) of the stacked state."""
     out: dict = {}
     for path, name, ad in iter_adapters(like):
         s = _find(stacked, path, name)
         r = ad["a"].shape[1]
-        _set(
-            out, path, name, {"a": s["a"][k, :, :r], "b": s["b"][k, :r, :], "scale": s["scale"][k]}
-        )
+        scale = s["scale"]  # an optimizer state's moments hold no array here (MaskedNode)
+        scale = scale[k] if hasattr(scale, "shape") else scale
+        _set(out, path, name, {"a": s["a"][k, :, :r], "b": s["b"][k, :r, :], "scale": scale})
     return out
 
 
