@@ -60,7 +60,7 @@ def bench(k: int, args) -> dict:
     seq = [train.run(c, tmp / "seq" / str(i)) for i, c in enumerate(cfgs)]
     t_seq = time.perf_counter() - t
     t = time.perf_counter()
-    packed = run_pack(cfgs, [tmp / "packed" / str(i) for i in range(k)], tmp / "packed" / "pack")
+    packed = run_pack(cfgs, [tmp / "packed" / str(i) for i in range(k)])
     t_pack = time.perf_counter() - t
     assert all(r["status"] == "ok" for r in seq + packed), [r["error"] for r in seq + packed]
     tokens = (

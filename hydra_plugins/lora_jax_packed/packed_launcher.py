@@ -73,8 +73,7 @@ class PackedLauncher(Launcher):
         packs = make_packs(cfgs, self.pack_size, self.rank_bands)
         log.info(f"Launching {len(cfgs)} jobs in {len(packs)} packs: {packs}")
         for pack in packs:
-            pack_dir = sweep_dir / "packs" / f"pack_{initial_job_idx + pack[0]}"
-            results = run_pack([cfgs[i] for i in pack], [dirs[i] for i in pack], pack_dir)
+            results = run_pack([cfgs[i] for i in pack], [dirs[i] for i in pack])
             for i, res in zip(pack, results):
                 if res["status"] != "ok":  # the app exits 1 after the sweep, as for solo jobs
                     SweepStatus.job_errors.append((str(dirs[i]), "failed", res.get("error") or ""))

@@ -1,6 +1,6 @@
 """One pack: K jobs trained and evaluated together, each recorded as if it had run alone.
 
-``run_pack(cfgs, run_dirs, pack_dir)``: the frozen base is loaded once, the task tokenized and
+``run_pack(cfgs, run_dirs)``: the frozen base is loaded once, the task tokenized and
 batched once (one data order: lora_jax.packed.group), each job's LoRA tree initialized exactly
 as its solo run (lora_jax.train) does and stacked (lora_jax.packed.stack), then one jitted step
 over the stack per batch (lora_jax.packed.step) and one multi-adapter decode per evaluation
@@ -10,26 +10,27 @@ over the stack per batch (lora_jax.packed.step) and one multi-adapter decode per
 - W&B: each job's run is opened when the pack starts (one process holds K runs) and gets its
   rows at each log / eval point, as the solo run logs them; it is finished when the job ends
   (exit code 1 at the moment a job fails, the others when the pack ends).
-- Checkpoints: besides the pack's own (below), each job's ``<run_dir>/checkpoints`` gets, at
+- Checkpoints: the pack has none of its own; each job's ``<run_dir>/checkpoints`` gets, at
   every ``trainer.ckpt_every`` and at the end, the job's state exactly as its solo run would
   save it (its own ranks and targets, the solo optimizer's state: lora_jax.packed.state; the
   solo run's config fingerprint and record so far). So ``adapter=<run_dir>`` loads it, and a
   stopped job continues alone: ``python -m lora_jax.train <the job's overrides>
-  trainer.resume=true output_dir=<run_dir>``.
+  trainer.resume=true output_dir=<run_dir>``, or in any pack.
 
 Failures: a job whose config fails (e.g. a rank too large) is failed before the pack starts; a
 job whose loss or parameters become non-finite is frozen on device and failed at the next log
-point; the other jobs go on. Resume (``trainer.resume=true``): jobs whose results.json says
-"ok" are kept as they are; the others restart from the pack's checkpoint
-(``<pack_dir>/checkpoints``, written every ``trainer.ckpt_every`` steps) when it holds the
-same jobs, with their records of the earlier part read back from their own checkpoints.
+point (or at a checkpoint point, which then skips it); the other jobs go on. Resume
+(``trainer.resume=true``): jobs whose results.json says "ok" are kept as they are; the others
+(in whatever pack they land) restart together from the newest step all their own checkpoints
+hold (from 0 when one has none; later steps are dropped), with their records of the earlier
+part, as a solo resume does. A new run refuses a run dir holding checkpoints, a resume one
+written with another config (the solo run's rules, lora_jax.checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -51,7 +52,7 @@ from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.decode import decode_items_multi
 from lora_jax.packed.group import pack_key
 from lora_jax.packed.stack import stack
-from lora_jax.packed.state import job_state
+from lora_jax.packed.state import job_state, stack_states
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
 from lora_jax.step import make_eval_loss
 from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
@@ -109,7 +110,7 @@ class _Job:
                                                "eval_before": m["eval_before"]})  # fmt: skip
 
 
-def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> list[dict]:
+def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[dict]:
     """Train and evaluate the jobs of one pack; returns their records (also written)."""
     keys = {pack_key(c) for c in cfgs}
     if len(keys) != 1:
@@ -123,7 +124,7 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path], pack_dir: Path) -> li
     todo = [j for i, j in enumerate(jobs) if i not in done_before]
     try:
         if todo:
-            _train_and_eval(todo, pack_dir)
+            _train_and_eval(todo)
     except Exception as e:  # the pack broke as a whole: every job still running fails with it
         for j in todo:
             if j.alive or j.results["status"] == "running":
@@ -157,7 +158,7 @@ def _finished_ok(job: _Job) -> bool:
     return rec.get("status") == "ok" and not rec["run"].get("stopped_at")  # stop_after: not done
 
 
-def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
+def _train_and_eval(jobs: list[_Job]) -> None:
     cfg0 = jobs[0].cfg
     tcfg = cfg0.trainer
     t = time.time()
@@ -242,27 +243,16 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     console.print(f"  {len(train)} train examples, {micro} steps, {len(items)} eval items, "
                   f"{k_jobs} adapters stacked")  # fmt: skip
 
-    ckpt = Checkpointer(pack_dir / "checkpoints", keep=tcfg.ckpt_keep)
-    names = [str(j.cfg.name) for j in live]
-    start = 0
-    if tcfg.resume and ckpt.latest_step() is not None:
-        s2, o2, step0, meta = ckpt.restore(stacked, opt_state)
-        if meta.get("jobs") == names:
-            stacked, opt_state, start = s2, o2, step0
-            ok = jnp.asarray(meta["ok"], bool)
-            for j, flag, why in zip(live, meta["ok"], meta["errors"]):
-                if not flag:
-                    j.fail(why)
-            console.print(f"  resumed the pack from {ckpt.directory} at step {start}")
-        else:  # other jobs (some finished or failed since): this pack starts afresh
-            console.print(
-                f"  {ckpt.directory} holds other jobs {meta.get('jobs')}; starting afresh"
-            )
-            ckpt.close()
-            shutil.rmtree(ckpt.directory)
-            ckpt = Checkpointer(pack_dir / "checkpoints", keep=tcfg.ckpt_keep)
-    for j in live:
-        _align_own_checkpoints(j, start)
+    start = _resume_step(live) if tcfg.resume else 0
+    if start:  # the jobs' own checkpoints, restacked (lora_jax.packed.state)
+        restored = [j.ckpt.restore(j.tree, j.solo_tx.init(j.tree), step=start) for j in live]
+        stacked, _ = stack([r[0] for r in restored])
+        opt_state = stack_states(opt_state, [r[1] for r in restored], [j.tree for j in live],
+                                 set(stacked))  # fmt: skip
+        opt_state = jax.tree.map(jnp.asarray, opt_state)
+        for j, r in zip(live, restored):
+            solo._restore_record(j.results, r[3], start)
+        console.print(f"  resumed the pack's {k_jobs} jobs from their checkpoints at step {start}")
 
     def evaluate_all(tag: str, step: int | None) -> None:
         t = time.time()
@@ -319,7 +309,6 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
     window_tokens, window_t0, tps_all = 0, None, []
     tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
     end = micro if tcfg.stop_after is None else min(micro, start + tcfg.stop_after)
-    errors = [j.results["error"] for j in live]
     lr_host = np.asarray(hp["lr"])
     step = start
     for step in range(start, end):
@@ -347,10 +336,7 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
                     continue
                 loss = float(np.mean([h["loss"][k] for h in host]))
                 if not ok_host[k] or not math.isfinite(loss):
-                    errors[k] = (f"NonFiniteLoss: loss or LoRA parameters became non-finite by step {done} "
-                                 f"(mean loss of the last {len(host)} steps: {loss}); this job was frozen "
-                                 f"and dropped from its pack, the others went on. Lower optim.lr or set optim.grad_clip")  # fmt: skip
-                    j.fail(errors[k])
+                    j.fail(_diverged(done, f"mean loss of the last {len(host)} steps: {loss}"))
                     continue
                 tr = j.results["metrics"]["train"]
                 tr.setdefault("first_loss", float(host[0]["loss"][k]) if start == 0 else None)
@@ -363,19 +349,17 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             console.print(f"  step {done}/{end}: " + " ".join(
                 f"{float(np.mean([h['loss'][k] for h in host])):.3f}" for k in range(k_jobs)) + f"  {tps * k_jobs:,.0f} tok/s")  # fmt: skip
         if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
-            ok_host = [bool(x) for x in jax.device_get(ok)]
-            ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
-            host_state = jax.device_get((stacked, opt_state))  # one transfer, K slots cut
+            host_state, ok_host = jax.device_get(((stacked, opt_state), ok))  # one transfer
             for k, j in enumerate(live):
-                if j.alive and ok_host[k]:  # a job frozen since the last log point: not saved
+                if j.alive and not ok_host[k]:  # frozen since the last log point: fails now
+                    j.fail(_diverged(done, "found at a checkpoint"))
+                elif j.alive:
                     j.save(done, *host_state, k)
         if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
             evaluate_all(f"eval_step{done}", done)
             validate(done)
     done = step + 1 if end > start else start
     ok_host = [bool(x) for x in jax.device_get(ok)]
-    ckpt.save(done, stacked, opt_state, {"jobs": names, "ok": ok_host, "errors": errors})
-    ckpt.close()
     tps = float(np.median(tps_all)) if tps_all else None
     host_state = jax.device_get((stacked, opt_state))
     for k, j in enumerate(live):
@@ -401,15 +385,20 @@ def _train_and_eval(jobs: list[_Job], pack_dir: Path) -> None:
             j.results["memory"] = mem
 
 
-def _align_own_checkpoints(job: _Job, start: int) -> None:
-    """The pack (re)starts at ``start``: the job's record of the earlier part comes back from its
-    own checkpoint of that step (as a solo resume does); its steps after ``start`` (from a run
-    that went further than the pack's checkpoint, or a pack that starts afresh) are dropped,
-    the pack writes them again."""
-    assert job.ckpt is not None
-    steps = job.ckpt.all_steps()
-    if start and start in steps:
-        solo._restore_record(job.results, job.ckpt.read_meta(start), start)
-    for s in steps:
-        if s > start:
-            job.ckpt.manager.delete(s)
+def _diverged(step: int, detail: str) -> str:
+    return (f"NonFiniteLoss: loss or LoRA parameters became non-finite by step {step} ({detail}); "
+            "this job was frozen and dropped from its pack, the others went on. Lower optim.lr or "
+            "set optim.grad_clip")  # fmt: skip
+
+
+def _resume_step(jobs: list[_Job]) -> int:
+    """The newest step every job's own checkpoint holds (0: one has none, start afresh); the
+    steps after it are dropped (the pack writes them again)."""
+    held = [set(j.ckpt.all_steps()) for j in jobs if j.ckpt is not None]
+    common = set.intersection(*held) if held else set()
+    start = max(common, default=0)
+    for j in jobs:
+        for s in j.ckpt.all_steps():
+            if s > start:
+                j.ckpt.manager.delete(s)
+    return start

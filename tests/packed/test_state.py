@@ -1,9 +1,11 @@
-"""A pack slot as the solo run's state (lora_jax.packed.state.job_state): after the same
+"""A pack slot as the solo run's state and back (lora_jax.packed.state): after the same
 gradients, job k's (lora, opt_state) cut out of the pack equals, in structure and values, what
 the solo optimizer (lora_jax.optimizer.build_optimizer) reaches on the job's own tree, for
 jobs with and without gradient clipping (the pack always chains a clip), with different ranks
 and targets (padding and absent slots cut away), with and without gradient accumulation
-(MultiSteps' accumulated gradients are LoRA-shaped too). No model: the gradients are random.
+(MultiSteps' accumulated gradients are LoRA-shaped too). Put back into a fresh pack state
+(``stack_states``, what a resumed pack does), the solo states give the pack's state again. No
+model: the gradients are random.
 
 fp32 on CPU (``jax_default_matmul_precision`` "highest", tests/conftest.py); the updates are
 elementwise, so both sides compute the same float32 operations."""
@@ -18,7 +20,7 @@ import pytest
 
 from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.stack import stack, unstack
-from lora_jax.packed.state import job_state
+from lora_jax.packed.state import job_state, stack_states
 from lora_jax.packed.step import init_opt_state, job_hyperparams, job_optimizer
 
 D = 6
@@ -71,8 +73,10 @@ def test_job_state_is_the_solo_optimizer_state(accum):
         for k, like in enumerate(trees):
             solo_states[k] = solo_updates[k](*solo_states[k], unstack(grads, k, like))
 
+    own = []
     for k, ((tx, _), like) in enumerate(zip(solo, trees)):
         lora, st = job_state(*jax.device_get((stacked, opt_state)), k, like, tx)
+        own.append(st)
         want_lora, want_st = solo_states[k]
         assert jax.tree.structure(st) == jax.tree.structure(want_st)
         assert jax.tree.structure(lora) == jax.tree.structure(want_lora)
@@ -82,6 +86,16 @@ def test_job_state_is_the_solo_optimizer_state(accum):
                 np.asarray(got), np.asarray(want), rtol=1e-6,
                 atol=1e-6 * max(float(np.abs(want).max()), 1.0), err_msg=jax.tree_util.keystr(path),
             )  # fmt: skip
+
+    fresh = init_opt_state(stack(trees)[0], hp, accum)
+    back = stack_states(fresh, own, trees, set(stacked))
+    assert jax.tree.structure(back) == jax.tree.structure(opt_state)
+    for (path, got), want in zip(
+        jax.tree_util.tree_leaves_with_path(back), jax.tree.leaves(opt_state)
+    ):
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(want), rtol=0, atol=0, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_job_state_refuses_a_foreign_optimizer():
