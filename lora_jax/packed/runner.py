@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax import record
 from lora_jax import train as solo
-from lora_jax.checkpoint import Checkpointer, adapter_meta, run_fingerprint
+from lora_jax.checkpoint import Checkpointer, CheckpointError, adapter_meta, run_fingerprint
 from lora_jax.lora import LoraConfig, param_report
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
@@ -75,13 +75,15 @@ class _Job:
         self.tree: Any = None
         self.adapter: dict = {}
         self.alive = False
+        self.refused = False  # its run dir holds another run's checkpoints: nothing is written
 
     def fail(self, error: str, tb: str | None = None) -> None:
         self.results["status"], self.results["error"] = "failed", error
         self.results["traceback"] = tb
         self.alive = False
         console.print(f"[red]run {self.cfg.name} failed[/]: {error}")
-        record.write(self.results, self.run_dir)  # rewritten with the pack's times at its end
+        if not self.refused:
+            record.write(self.results, self.run_dir)  # rewritten with the pack's times at its end
         self.close_tracker()
 
     def log(self, row: dict, step: int) -> None:
@@ -144,7 +146,8 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[dict]:
             r["status"] = "ok"
         record.finish(r, time.time() - wall / len(todo))  # the pack's wall time, shared
         r["run"]["pack"]["wall_time_s"] = wall
-        record.write(r, j.run_dir)
+        if not j.refused:
+            record.write(r, j.run_dir)
         j.close_tracker()
         out.append(r)
     return out
@@ -171,17 +174,21 @@ def _train_and_eval(jobs: list[_Job]) -> None:
     for j in jobs:
         j.alive = True
         try:
+            # the solo run's checkpoint dir and rules: a new run refuses one holding
+            # checkpoints, a resume one written with another config (lora_jax.checkpoint)
+            j.ckpt = Checkpointer(j.run_dir / "checkpoints", keep=max(int(tcfg.ckpt_keep), 1),
+                                  run_config=run_fingerprint(j.resolved))  # fmt: skip
+            try:
+                j.ckpt.check_resume(bool(j.cfg.trainer.resume))
+            except CheckpointError:
+                j.refused = True
+                raise
             j.tracker = Tracker(j.cfg.logger, j.run_dir, j.cfg.name, j.results["sweep"], j.resolved,
                                 concurrent=True)  # fmt: skip
             if j.cfg.adapter or j.cfg.trainer.eval_only:
                 raise ValueError(
                     "adapter=/trainer.eval_only runs are not packed; use python -m lora_jax.evaluate --adapters"
                 )
-            # the solo run's checkpoint dir and rules: a new run refuses one holding
-            # checkpoints, a resume one written with another config (lora_jax.checkpoint)
-            j.ckpt = Checkpointer(j.run_dir / "checkpoints", keep=max(int(tcfg.ckpt_keep), 1),
-                                  run_config=run_fingerprint(j.resolved))  # fmt: skip
-            j.ckpt.check_resume(bool(j.cfg.trainer.resume))
             lora_dict = OmegaConf.to_container(j.cfg.lora)
             lcfg = LoraConfig.from_dict(lora_dict | {"seed": j.cfg.seed})
             j.tree, targets = lora_init(
@@ -394,11 +401,11 @@ def _diverged(step: int, detail: str) -> str:
 def _resume_step(jobs: list[_Job]) -> int:
     """The newest step every job's own checkpoint holds (0: one has none, start afresh); the
     steps after it are dropped (the pack writes them again)."""
-    held = [set(j.ckpt.all_steps()) for j in jobs if j.ckpt is not None]
-    common = set.intersection(*held) if held else set()
-    start = max(common, default=0)
-    for j in jobs:
-        for s in j.ckpt.all_steps():
+    ckpts = [j.ckpt for j in jobs if j.ckpt is not None]
+    held = [set(c.all_steps()) for c in ckpts]
+    start = max(set.intersection(*held) if held else set(), default=0)
+    for c in ckpts:
+        for s in c.all_steps():
             if s > start:
-                j.ckpt.manager.delete(s)
+                c.manager.delete(s)
     return start

@@ -105,6 +105,25 @@ def test_each_job_checkpoints_at_ckpt_every(packs):
     assert [_steps(d) for d in _dirs(root / "part")] == [[2], [2], [2]]
 
 
+def test_a_job_dir_with_checkpoints_is_refused_as_solo_runs_refuse_it(
+    packs, tiny_e2e_gpt2_dir, tmp_path
+):
+    """Without trainer.resume, or resumed with another config: the job fails with the solo
+    run's message and its dir is left as it was (no training, nothing written)."""
+    root, _, _ = packs
+    run_dir = tmp_path / "0"
+    shutil.copytree(root / "part" / "0", run_dir)
+    before = (run_dir / "results.json").read_text()
+    (new,) = run_pack([compose(_overrides(tiny_e2e_gpt2_dir, 0))], [run_dir])
+    assert new["status"] == "failed" and "already holds checkpoints (steps [2])" in new["error"]
+    assert "trainer.resume=true" in new["error"]
+    (other,) = run_pack(
+        [compose(_overrides(tiny_e2e_gpt2_dir, 0, "lora.r=2", "trainer.resume=true"))], [run_dir]
+    )
+    assert other["status"] == "failed" and "lora.r: checkpoint 1, now 2" in other["error"]
+    assert (run_dir / "results.json").read_text() == before and _steps(run_dir) == [2]
+
+
 def test_stopped_jobs_resume_in_another_pack(packs, tiny_e2e_gpt2_dir, tmp_path):
     """Jobs 0 and 2 resumed as a pack of their own (job 1, the r = 4 all-linear one, left:
     the pack's slots and padded rank shrink): their states come back from their own
