@@ -23,12 +23,14 @@ point (or at a checkpoint point, which then skips it); the other jobs go on. Res
 (``trainer.resume=true``): jobs whose results.json says "ok" are kept as they are; the others
 (in whatever pack they land) restart together from the newest step all their own checkpoints
 hold (from 0 when one has none; later steps are dropped), with their records of the earlier
-part, as a solo resume does. A new run refuses a run dir holding checkpoints, a resume one
-written with another config (the solo run's rules, lora_jax.checkpoint).
+part, as a solo resume does. A job's run dir is locked while the pack runs; a dir in use by
+another process, holding checkpoints (new run) or written with another config (resume) is
+refused and left untouched, by the solo run's rules (lora_jax.runguard, lora_jax.checkpoint).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -54,6 +56,7 @@ from lora_jax.packed.group import pack_key
 from lora_jax.packed.stack import stack
 from lora_jax.packed.state import job_state, stack_states
 from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
+from lora_jax.runguard import RunDirInUse, RunDirLock
 from lora_jax.step import make_eval_loss
 from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
 from lora_jax.tasks.formatting import encode_example
@@ -75,7 +78,7 @@ class _Job:
         self.tree: Any = None
         self.adapter: dict = {}
         self.alive = False
-        self.refused = False  # its run dir holds another run's checkpoints: nothing is written
+        self.refused = False  # its run dir is another run's (in use, checkpoints): not written
 
     def fail(self, error: str, tb: str | None = None) -> None:
         self.results["status"], self.results["error"] = "failed", error
@@ -122,34 +125,41 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[dict]:
     t0 = time.time()
     names = [str(c.name) for c in cfgs]
     jobs = [_Job(c, d, i, len(cfgs), names) for i, (c, d) in enumerate(zip(cfgs, run_dirs))]
-    done_before = {i for i, j in enumerate(jobs) if _finished_ok(j)}
-    todo = [j for i, j in enumerate(jobs) if i not in done_before]
-    try:
-        if todo:
-            _train_and_eval(todo)
-    except Exception as e:  # the pack broke as a whole: every job still running fails with it
-        for j in todo:
-            if j.alive or j.results["status"] == "running":
-                j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
-    finally:
-        for j in todo:
-            if j.ckpt is not None:
-                j.ckpt.close()
-    wall = time.time() - t0
-    out = []
-    for i, j in enumerate(jobs):
-        if i in done_before:
-            out.append(json.loads((j.run_dir / "results.json").read_text()))
-            continue
-        r = j.results
-        if r["status"] == "running":
-            r["status"] = "ok"
-        record.finish(r, time.time() - wall / len(todo))  # the pack's wall time, shared
-        r["run"]["pack"]["wall_time_s"] = wall
-        if not j.refused:
-            record.write(r, j.run_dir)
-        j.close_tracker()
-        out.append(r)
+    with contextlib.ExitStack() as held:
+        for j in jobs:  # one process per run dir, as for solo runs (lora_jax.runguard)
+            try:
+                held.enter_context(RunDirLock(j.run_dir))
+            except RunDirInUse as e:  # e.g. a solo resume of this job is running: untouched
+                j.refused = True
+                j.fail(f"RunDirInUse: {e}")
+        done_before = {i for i, j in enumerate(jobs) if not j.refused and _finished_ok(j)}
+        todo = [j for i, j in enumerate(jobs) if i not in done_before and not j.refused]
+        try:
+            if todo:
+                _train_and_eval(todo)
+        except Exception as e:  # the pack broke as a whole: every job still running fails with it
+            for j in todo:
+                if j.alive or j.results["status"] == "running":
+                    j.fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+        finally:
+            for j in todo:
+                if j.ckpt is not None:
+                    j.ckpt.close()
+        wall = time.time() - t0
+        out = []
+        for i, j in enumerate(jobs):
+            if i in done_before:
+                out.append(json.loads((j.run_dir / "results.json").read_text()))
+                continue
+            r = j.results
+            if r["status"] == "running":
+                r["status"] = "ok"
+            record.finish(r, time.time() - wall / max(len(todo), 1))  # the pack's wall time, shared
+            r["run"]["pack"]["wall_time_s"] = wall
+            if not j.refused:
+                record.write(r, j.run_dir)
+            j.close_tracker()
+            out.append(r)
     return out
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from lora_jax.packed import runner
 from lora_jax.packed.runner import run_pack
+from lora_jax.runguard import RunDirLock
 from lora_jax.tracking import Tracker
 from tests.train.app import compose, load_final_lora, run_in_process, tiny_overrides
 from tests.train.test_run import read_wandb_records
@@ -105,11 +106,12 @@ def test_each_job_checkpoints_at_ckpt_every(packs):
     assert [_steps(d) for d in _dirs(root / "part")] == [[2], [2], [2]]
 
 
-def test_a_job_dir_with_checkpoints_is_refused_as_solo_runs_refuse_it(
+def test_a_job_dir_of_another_run_is_refused_as_solo_runs_refuse_it(
     packs, tiny_e2e_gpt2_dir, tmp_path
 ):
-    """Without trainer.resume, or resumed with another config: the job fails with the solo
-    run's message and its dir is left as it was (no training, nothing written)."""
+    """Without trainer.resume, resumed with another config, or while another process holds the
+    dir: the job fails with the solo run's message and its dir is left as it was (no
+    training, nothing written)."""
     root, _, _ = packs
     run_dir = tmp_path / "0"
     shutil.copytree(root / "part" / "0", run_dir)
@@ -121,6 +123,12 @@ def test_a_job_dir_with_checkpoints_is_refused_as_solo_runs_refuse_it(
         [compose(_overrides(tiny_e2e_gpt2_dir, 0, "lora.r=2", "trainer.resume=true"))], [run_dir]
     )
     assert other["status"] == "failed" and "lora.r: checkpoint 1, now 2" in other["error"]
+    assert (run_dir / "results.json").read_text() == before and _steps(run_dir) == [2]
+    with RunDirLock(run_dir):  # another process (e.g. a solo resume) holds the dir
+        (busy,) = run_pack(
+            [compose(_overrides(tiny_e2e_gpt2_dir, 0, "trainer.resume=true"))], [run_dir]
+        )
+    assert busy["status"] == "failed" and "RunDirInUse" in busy["error"]
     assert (run_dir / "results.json").read_text() == before and _steps(run_dir) == [2]
 
 
