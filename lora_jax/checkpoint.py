@@ -54,6 +54,7 @@ STATE_KEYS = (
     "trainer.batch_size",
     "trainer.epochs",
     "trainer.max_steps",
+    "trainer.data_seed",  # the batch order (null: seed); a packed job's is the pack's
     "seed",
 )
 

@@ -130,6 +130,7 @@ CHANGES = {  # override → the key the refusal must name
     "lora=q": "lora.targets",
     "trainer.batch_size=4": "trainer.batch_size",
     "seed=1": "seed",
+    "trainer.data_seed=5": "trainer.data_seed",
     "optim.lr=0.5": "optim.lr",
     "model.source=/other/model": "model.source",
     "task.max_len=64": "task.max_len",
