@@ -81,7 +81,11 @@ def packs(tiny_e2e_gpt2_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "make_packed_step", make_step)
         mp.setattr(runner, "Tracker", Recording)
-        for k, v in {"WANDB_SILENT": "true", "WANDB_DISABLE_CODE": "true"}.items():
+        for k, v in {
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "WANDB_DISABLE_CODE": "true",
+        }.items():
             mp.setenv(k, v)
         full = run_pack(
             _cfgs(tiny_e2e_gpt2_dir, "logger=wandb", "logger.mode=offline"), _dirs(root / "full")
