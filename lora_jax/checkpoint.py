@@ -192,13 +192,27 @@ def _jsonable(obj: Any) -> Any:
 
 def tree_digest(tree: Any) -> str:
     """sha256 over every leaf's path, dtype, shape and bytes (host copy): verifies a restore
-    bit for bit, beyond what the storage layer checks."""
+    bit for bit, beyond what the storage layer checks. Leaves sharded over several processes
+    are gathered first (a collective: every process of the job calls this, in save and
+    restore alike)."""
     h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(_host_copy(tree)):
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _host_copy(tree: Any) -> Any:
+    """The full value of every leaf on this host (LoRA-sized trees: gathered, not streamed)."""
+    from jax.experimental import multihost_utils
+
+    def get(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(get, tree)
 
 
 class Checkpointer:
@@ -410,11 +424,15 @@ def load_adapter(
                         "config:\n  " + "\n  ".join(diffs)
                     )
         abstract = {"lora": jax.tree.map(ocp.utils.to_shape_dtype_struct, lora_like)}
+        # onto the template's devices, whatever mesh (or process count) the run trained on
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
         try:
             out = mgr.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(abstract, partial_restore=True)
+                    state=ocp.args.PyTreeRestore(
+                        abstract, restore_args=restore_args, partial_restore=True
+                    )
                 ),
             )
         except Exception as e:

@@ -182,7 +182,8 @@ def finish(record: dict, t0: float) -> None:
 
 
 def write(record: Mapping[str, Any], run_dir: Path) -> Path:
-    """Write ``run_dir/results.json`` (numpy/jax scalars as numbers, anything else as str)."""
+    """Write ``run_dir/results.json`` (numpy/jax scalars as numbers, anything else as str);
+    in a multi-process job only process 0 writes (every process holds the same record)."""
     import numpy as np
 
     def default(x):
@@ -193,7 +194,8 @@ def write(record: Mapping[str, Any], run_dir: Path) -> Path:
         return str(x)
 
     path = Path(run_dir) / RESULTS
-    path.write_text(json.dumps(record, indent=2, default=default))
+    if _primary():
+        path.write_text(json.dumps(record, indent=2, default=default))
     return path
 
 
@@ -206,7 +208,10 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def write_items(run_dir: Path, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> str:
-    """The per-item hypotheses and references of the final eval (for the paired bootstrap)."""
+    """The per-item hypotheses and references of the final eval (for the paired bootstrap);
+    written by process 0 of a multi-process job."""
+    if not _primary():
+        return ITEMS
     with (Path(run_dir) / ITEMS).open("w") as f:
         for h, r in zip(hyps, refs, strict=True):
             f.write(json.dumps({"hyp": h, "refs": list(r)}) + "\n")
@@ -216,6 +221,12 @@ def write_items(run_dir: Path, hyps: Sequence[str], refs: Sequence[Sequence[str]
 def read_items(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / ITEMS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _primary() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def now() -> str:

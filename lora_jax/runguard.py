@@ -26,6 +26,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from lora_jax.sharding import launch_rank
 from lora_jax.tracking import console
 
 
@@ -121,7 +122,8 @@ class RunDirGuard(Callback):
         if not run_dir.is_dir():
             return
         problem = None
-        if (run_dir / ".lock").exists():
+        # the processes of one multi-process job share the run dir; process 0 holds the lock
+        if (run_dir / ".lock").exists() and launch_rank() == 0:
             try:
                 with RunDirLock(run_dir):
                     pass

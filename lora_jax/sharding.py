@@ -147,10 +147,10 @@ def bytes_per_device(tree: Any) -> dict[Any, int]:
 
 
 def prefetch_to_device(items: Iterable[Any], sharding: Any, size: int = 2) -> Iterator[Any]:
-    """Yield ``items`` with every numpy array leaf already on the devices (``jax.device_put``
+    """Yield ``items`` with every numpy array leaf already on the devices (:func:`global_array`
     onto ``sharding``), keeping ``size`` items in flight so the host-to-device copy of the next
     batch overlaps the current step. Non-array leaves (e.g. host token counts) pass through."""
-    put = lambda x: jax.device_put(x, sharding) if isinstance(x, np.ndarray) else x
+    put = lambda x: global_array(x, sharding) if isinstance(x, np.ndarray) else x
     queue: collections.deque = collections.deque()
     it = iter(items)
     for item in it:
@@ -163,37 +163,107 @@ def prefetch_to_device(items: Iterable[Any], sharding: Any, size: int = 2) -> It
 
 # ----------------------------------------------------------------------------- multi-host start
 
-_DISTRIBUTED_ENV = (
-    "JAX_COORDINATOR_ADDRESS",  # explicit coordinator (jax.distributed reads it)
-    "SLURM_JOB_ID",  # SLURM with more than one task (checked below)
-    "TPU_WORKER_HOSTNAMES",  # Cloud TPU pod slices (more than one host)
-    "MEGASCALE_COORDINATOR_ADDRESS",  # multi-slice TPU
-)
+# The variables a launcher sets for an explicit multi-process job (one process per host, or
+# several per host on CPU): jax.distributed reads the coordinator itself; it has no variable for
+# the process count and id outside the clusters it detects (SLURM, Open MPI, Cloud TPU, k8s),
+# so lora-jax reads these two.
+COORDINATOR, NUM_PROCESSES, PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 _initialized = False
 
 
 def wants_distributed(env: dict[str, str] | None = None) -> bool:
     """Whether the environment describes a multi-process job."""
     env = dict(os.environ) if env is None else env
-    if env.get("JAX_COORDINATOR_ADDRESS") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    if env.get(COORDINATOR) or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return True
     if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:
         return True
     return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
+def launch_rank(env: dict[str, str] | None = None) -> int:
+    """This process's index in its job, read from the launcher's environment without starting
+    jax (for decisions taken before :func:`maybe_initialize_distributed`, e.g. which process
+    checks the run dir): ``JAX_PROCESS_ID``, SLURM's ``SLURM_PROCID`` or Cloud TPU's
+    ``TPU_WORKER_ID`` in a multi-process job; 0 otherwise."""
+    env = dict(os.environ) if env is None else env
+    if not wants_distributed(env):
+        return 0
+    for key in (PROCESS_ID, "SLURM_PROCID", "TPU_WORKER_ID"):
+        if env.get(key, "").strip().isdigit():
+            return int(env[key])
+    return 0
+
+
+def _explicit_launch(env: dict[str, str]) -> dict[str, Any]:
+    """``jax.distributed.initialize`` keywords from ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``
+    (empty when neither is set: jax's cluster detection fills them in)."""
+    n, i = env.get(NUM_PROCESSES), env.get(PROCESS_ID)
+    if n is None and i is None:
+        return {}
+    try:
+        n_, i_ = int(n or ""), int(i or "")
+    except ValueError:
+        raise ValueError(
+            f"{NUM_PROCESSES}={n!r} and {PROCESS_ID}={i!r} must both be set, as integers "
+            f"(e.g. {NUM_PROCESSES}=2 and {PROCESS_ID}=0 on the first process, 1 on the second)"
+        ) from None
+    if not 0 <= i_ < n_:
+        raise ValueError(f"{PROCESS_ID}={i_} must be in [0, {NUM_PROCESSES}={n_})")
+    return {"num_processes": n_, "process_id": i_}
+
+
 def maybe_initialize_distributed(flag: bool | None = None) -> bool:
-    """``jax.distributed.initialize()`` (cluster auto-detection: coordinator env, SLURM, TPU pod)
-    when ``flag`` is true, or when it is None and :func:`wants_distributed`. Call before any
-    other jax use; idempotent within a process. Returns whether it initialised."""
+    """``jax.distributed.initialize()`` when ``flag`` is true, or when it is None and
+    :func:`wants_distributed`: the coordinator from ``JAX_COORDINATOR_ADDRESS`` (or the
+    cluster: SLURM, Open MPI, Cloud TPU), the process count and id from ``JAX_NUM_PROCESSES`` /
+    ``JAX_PROCESS_ID`` when set (else the cluster's). Call before any other jax use; idempotent
+    within a process. Returns whether it initialised.
+
+    On CPU, processes exchange collectives over gloo (jax's default
+    ``jax_cpu_collectives_implementation``), so a multi-process run works on one machine too
+    (tests/sharding/test_multiprocess.py)."""
     global _initialized
     if _initialized:
         return True
     if flag is False or (flag is None and not wants_distributed()):
         return False
-    jax.distributed.initialize()
+    kw = _explicit_launch(dict(os.environ))
+    if os.environ.get(COORDINATOR) and not kw and not wants_cluster_detection():
+        raise ValueError(
+            f"{COORDINATOR} is set but this is no cluster jax detects (SLURM, Open MPI, Cloud TPU, "
+            f"k8s): set {NUM_PROCESSES} (the process count) and {PROCESS_ID} (0..n-1) for each "
+            "process too"
+        )
+    jax.distributed.initialize(**kw)
     _initialized = True
     return True
+
+
+def wants_cluster_detection(env: dict[str, str] | None = None) -> bool:
+    """Whether a cluster that ``jax.distributed`` detects on its own describes this job."""
+    env = dict(os.environ) if env is None else env
+    keys = ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "PMIX_SERVER_URI", "TPU_WORKER_HOSTNAMES",
+            "MEGASCALE_COORDINATOR_ADDRESS", "KUBERNETES_SERVICE_HOST")  # fmt: skip
+    return any(env.get(k) for k in keys)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files (results, predictions, W&B): process 0."""
+    return jax.process_index() == 0
+
+
+def global_array(x: np.ndarray, sharding: Any) -> jax.Array:
+    """A global ``jax.Array`` of the host array ``x`` on ``sharding`` (a Device or a Sharding),
+    each process putting only the shards of its own devices
+    (``jax.make_array_from_callback``): the batch of a multi-process run, where every process
+    holds the same global batch (batches are a pure function of (seed, step)) and no process
+    can address the others' devices."""
+    if not isinstance(x, np.ndarray) or not isinstance(sharding, jax.sharding.Sharding):
+        return jax.device_put(x, sharding)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def device_summary() -> dict[str, Any]:

@@ -10,6 +10,7 @@ in a multirun the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -75,7 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     continues it when its stored config matches); resuming a finished run returns its record.
     """
     sharding.maybe_initialize_distributed(cfg.mesh.distributed)  # before any other jax call
-    with RunDirLock(run_dir):
+    # A multi-process job shares one run dir: process 0 holds its lock and writes its files.
+    with RunDirLock(run_dir) if sharding.is_primary() else contextlib.nullcontext():
         resolved = OmegaConf.to_container(cfg, resolve=True)
         ckpt = Checkpointer(run_dir / "checkpoints", keep=max(int(cfg.trainer.ckpt_keep), 1),
                             run_config=run_fingerprint(resolved))  # fmt: skip
@@ -112,7 +114,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resolved: dict, ckpt: Checkpoint
         if PREEMPTION.requested:
             raise Preempted("SIGTERM received before the run started")
         PREEMPTION.install()
-        tracker = Tracker(cfg.logger, run_dir, cfg.name, results["sweep"], resolved)
+        logger = cfg.logger if sharding.is_primary() else {"name": "none"}  # W&B: process 0
+        tracker = Tracker(logger, run_dir, cfg.name, results["sweep"], resolved)
         _train_and_eval(cfg, run_dir, results, tracker, ckpt)
         results["status"] = "ok"
     except Preempted as e:
@@ -425,9 +428,10 @@ def _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps: list):
         metrics, hyps = evaluate(lm.module, variables, lm.config, tok, task, items, cfg.task.format,
                                  cfg.task.decode, cfg.task.max_len, cfg.task.add_bos)  # fmt: skip
         last_hyps[:] = [hyps]
-        (run_dir / f"predictions_{tag}.txt").write_text(
-            "".join(h.replace("\n", " ") + "\n" for h in hyps)
-        )
+        if sharding.is_primary():
+            (run_dir / f"predictions_{tag}.txt").write_text(
+                "".join(h.replace("\n", " ") + "\n" for h in hyps)
+            )
         console.print(f"{tag}: decoded {len(items)} items in {time.time() - t:.1f}s: "
                       + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))  # fmt: skip
         return metrics
@@ -528,7 +532,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _memory() -> dict:
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     return {
         "peak_bytes": stats.get("peak_bytes_in_use"),
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

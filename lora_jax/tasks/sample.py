@@ -10,6 +10,7 @@ consecutive lines), like the challenge files, e.g. for the default offline train
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -159,7 +160,9 @@ def realise(mr: dict[str, str], rng: random.Random) -> str:
 def write_e2e_sample(
     directory: str | Path, n_train_mrs: int = 400, n_test_mrs: int = 60, seed: int = 0
 ) -> tuple[Path, Path]:
-    """Write train.csv and test.csv (columns mr, ref; 1-3 refs per MR). Returns their paths."""
+    """Write train.csv and test.csv (columns mr, ref; 1-3 refs per MR). Returns their paths.
+    Each file is written under a temporary name and renamed into place, so the processes of a
+    multi-process run, which all write the same sample, never read a half-written file."""
     if n_train_mrs < 1 or n_test_mrs < 1:
         raise ValueError("n_train_mrs and n_test_mrs must be >= 1")
     rng = random.Random(seed)
@@ -169,7 +172,8 @@ def write_e2e_sample(
     paths = []
     for fname, n in (("train.csv", n_train_mrs), ("test.csv", n_test_mrs)):
         path = directory / fname
-        with path.open("w", newline="", encoding="utf-8") as f:
+        tmp = directory / f".{fname}.{os.getpid()}.tmp"
+        with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["mr", "ref"])
             written = 0
@@ -183,5 +187,6 @@ def write_e2e_sample(
                 for ref in sorted(refs):
                     writer.writerow([text, ref])
                 written += 1
+        os.replace(tmp, path)
         paths.append(path)
     return paths[0], paths[1]
