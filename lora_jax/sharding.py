@@ -167,7 +167,11 @@ def prefetch_to_device(items: Iterable[Any], sharding: Any, size: int = 2) -> It
 # several per host on CPU): jax.distributed reads the coordinator itself; it has no variable for
 # the process count and id outside the clusters it detects (SLURM, Open MPI, Cloud TPU, k8s),
 # so lora-jax reads these two.
-COORDINATOR, NUM_PROCESSES, PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+COORDINATOR, NUM_PROCESSES, PROCESS_ID = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+)
 _initialized = False
 
 

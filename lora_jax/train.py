@@ -135,15 +135,23 @@ def _run_locked(cfg: DictConfig, run_dir: Path, resolved: dict, ckpt: Checkpoint
     return results
 
 
-def _speed_options(tcfg: DictConfig, module, frozen: dict, family: str):
-    """The training module with ``trainer.remat`` / ``trainer.scan``, the frozen tree in its
-    layout (scan: a stacked copy, made once) and the scan prefix (or None)."""
-    from lora_jax.models.layers import LAYER_PREFIX, stack_layers
+def _layer_layout(tcfg: DictConfig, lm) -> tuple[Any, str | None]:
+    """The training module (``trainer.remat`` / ``trainer.scan``) and the scan prefix (or None).
 
-    module = module.clone(remat=tcfg.remat, scan_layers=tcfg.scan)
+    ``trainer.scan``: the frozen base is stacked once and held once: ``lm.params`` becomes the
+    stacked tree (each layer's arrays deleted as their stacked leaf is made) and ``lm.module`` a
+    :class:`~lora_jax.models.layers.LayerViews` of the per-layer module, so evaluation
+    (decoding, validation loss) reads the same stacked arrays. The LoRA tree keeps the
+    per-layer layout (checkpoints, export); the step stacks it inside jit."""
+    from lora_jax.models.layers import LAYER_PREFIX, LayerViews, stack_layers
+
+    module = lm.module.clone(remat=tcfg.remat, scan_layers=tcfg.scan)
     if not tcfg.scan:
-        return module, frozen, None
-    return module, stack_layers(frozen, LAYER_PREFIX[family]), LAYER_PREFIX[family]
+        return module, None
+    prefix = LAYER_PREFIX[lm.config.family]
+    lm.params = stack_layers(lm.params, prefix, consume=True)
+    lm.module = LayerViews(lm.module, prefix)
+    return module, prefix
 
 
 def _train_and_eval(
@@ -164,7 +172,7 @@ def _train_and_eval(
     t = time.time()
     lm = load_model(cfg.model.source, prec.compute, prec.base, cfg.lora.dropout,
                     quant=cfg.model.quant)  # fmt: skip
-    module, frozen, tok = lm.module, lm.params, lm.tokenizer
+    frozen, tok = lm.params, lm.tokenizer
     check_model_fit(OmegaConf.to_container(cfg, resolve=True), lm.config)
     console.print(f"[bold]model[/] {cfg.model.name} ({lm.config.model_type}, {lm.config.num_layers} layers) "
                   f"from {cfg.model.source} in {time.time() - t:.1f}s")  # fmt: skip
@@ -184,6 +192,8 @@ def _train_and_eval(
         f"LoRA on {len(targets)} blocks ({results['lora']['label']}): {_describe(targets)}"
     )
     console.print(str(report))
+    train_module, prefix = _layer_layout(tcfg, lm)  # trainer.scan: lm.params stacked, once
+    frozen = lm.params
 
     # 3. The task: train examples → token ids → fixed-shape batches; eval items.
     task = _build_task(cfg.task, run_dir)
@@ -192,7 +202,7 @@ def _train_and_eval(
     if cfg.task.max_eval_items:
         items = items[: cfg.task.max_eval_items]
     last_hyps: list = []  # the latest eval's hypotheses, for the per-item record
-    evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps)
+    evaluate_now = _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps, prefix)
 
     if cfg.adapter:
         lora, _ = load_adapter(cfg.adapter, lora, expected=ckpt.adapter)
@@ -226,7 +236,7 @@ def _train_and_eval(
     )
     opt_state = tx.init(lora)
     val_batches = _validation_batches(cfg, task, tok, batches.buckets)
-    eval_loss = make_eval_loss(module)
+    eval_loss = make_eval_loss(lm.module)
     val_m = results["metrics"]["validation"]
 
     def validate(step: int) -> None:
@@ -269,7 +279,6 @@ def _train_and_eval(
 
     # 5. The loop: one jitted step; device metrics are fetched only at log points.
     end = micro_steps if tcfg.stop_after is None else min(micro_steps, start + tcfg.stop_after)
-    train_module, frozen_step, prefix = _speed_options(tcfg, module, frozen, lm.config.family)
     step_fn = make_train_step(
         train_module, tx, label_smoothing=ocfg.label_smoothing, dropout=cfg.lora.dropout > 0,
         loss_chunk=tcfg.loss_chunk, scan_prefix=prefix, jit=mesh is None,
@@ -277,15 +286,14 @@ def _train_and_eval(
     batch_place: Any = jax.devices()[0] if mesh is None else sharding.batch_sharding(mesh)
     if mesh is not None:  # lora_jax/sharding.py: jit with in/out shardings, place the state
         step_fn, sh = sharding.shard_train_step(
-            step_fn, mesh, lora, opt_state, frozen_step, cfg.mesh.lora
+            step_fn, mesh, lora, opt_state, frozen, cfg.mesh.lora
         )
         lora, opt_state = (
             sharding.place(lora, sh["lora"]),
             sharding.place(opt_state, sh["opt_state"]),
         )
-        frozen_step = sharding.place(frozen_step, sh["frozen"])
-        if prefix is None:  # the same tree: evaluation decodes on the sharded base too
-            frozen = lm.params = frozen_step
+        # one sharded base for the step and for evaluation (the unsharded one is dropped)
+        frozen = lm.params = sharding.place(frozen, sh["frozen"])
     host_batches = (
         (int(b["attention_mask"].sum()), b) for b in map(batches.batch_at, range(start, end))
     )
@@ -306,9 +314,7 @@ def _train_and_eval(
 
     for step, (n_tokens, batch) in zip(range(start, end), device_batches):
         window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
-        lora, opt_state, m = step_fn(
-            lora, opt_state, frozen_step, batch, jax.random.fold_in(key, step)
-        )
+        lora, opt_state, m = step_fn(lora, opt_state, frozen, batch, jax.random.fold_in(key, step))
         pending.append(m)
         done = step + 1
         if window_t0 is None:  # exclude the compile from throughput
@@ -421,9 +427,15 @@ def _validation_batches(cfg: DictConfig, task, tok, buckets) -> list[dict]:
     return validation_batches(encoded, cfg.trainer.batch_size, buckets, tok.pad_id)
 
 
-def _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps: list):
+def _evaluator(cfg, lm, tok, task, items, run_dir, last_hyps: list, prefix: str | None):
+    """``evaluate_now(lora, tag)``: decode + score on ``lm``'s module and params at call time
+    (with ``prefix``, a scan run's stacked base: the LoRA tree is stacked to match, so merged
+    decoding merges layer-stacked kernels)."""
+    from lora_jax.models.layers import stack_layers
+
     def evaluate_now(lora, tag: str) -> dict:
         t = time.time()
+        lora = lora if prefix is None else stack_layers(lora, prefix)
         variables = {"params": lm.params, "lora": lora}
         metrics, hyps = evaluate(lm.module, variables, lm.config, tok, task, items, cfg.task.format,
                                  cfg.task.decode, cfg.task.max_len, cfg.task.add_bos)  # fmt: skip

@@ -81,8 +81,11 @@ def _blocks_of(
 
 
 def delta(ad: Mapping[str, Any]) -> jax.Array:
-    """ΔW = s·A·B for one adapter: [in, out_block], float32."""
-    return ad["scale"] * (ad["a"].astype(jnp.float32) @ ad["b"].astype(jnp.float32))
+    """ΔW = s·A·B for one adapter: [in, out_block], float32 (layers stacked by
+    ``lora_jax.models.layers.stack_layers``: a [L, in, r], b [L, r, out], scale [L] ->
+    [L, in, out_block])."""
+    scale = jnp.asarray(ad["scale"], jnp.float32)[..., None, None]
+    return scale * (ad["a"].astype(jnp.float32) @ ad["b"].astype(jnp.float32))
 
 
 def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sign: float) -> dict:
@@ -93,9 +96,9 @@ def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sig
         kernel = module["kernel"]
         if is_quantized(kernel):  # QLoRA: merge into the dequantized base (a float32 kernel)
             kernel = kernel.dequantize(jnp.float32)
-        width = kernel.shape[1] // len(blocks)
+        width = kernel.shape[-1] // len(blocks)  # kernel [in, out] (or stacked [L, in, out])
         i = blocks.index(name)
-        new = kernel.astype(jnp.float32).at[:, i * width : (i + 1) * width].add(sign * delta(ad))
+        new = kernel.astype(jnp.float32).at[..., i * width : (i + 1) * width].add(sign * delta(ad))
         module["kernel"] = new.astype(kernel.dtype)
     return out
 

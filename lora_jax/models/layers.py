@@ -15,11 +15,14 @@ Remat policies (``trainer.remat``), from least to most recomputation in the back
 Scanned parameters are stacked: ``{prefix: {... leaves [L, ...]}}`` instead of
 ``{prefix_0: ..., prefix_{L-1}: ...}``. The per-layer tree stays the format that loading,
 LoRA targeting, checkpoints and PEFT export use; :func:`stack_layers` / :func:`unstack_layers`
-convert at the boundary (for ``params`` and ``lora`` trees alike).
+convert at the boundary (for ``params`` and ``lora`` trees alike). A scanned run holds the
+frozen base once, stacked (``stack_layers(..., consume=True)``), and decodes it with
+:class:`LayerViews`: the per-layer module on unstacked views made inside the jitted decoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -81,9 +84,13 @@ def run_layers(
     return x, []
 
 
-def stack_layers(tree: dict, prefix: str) -> dict:
+def stack_layers(tree: dict, prefix: str, consume: bool = False) -> dict:
     """``{prefix_0: t0, ..., prefix_{L-1}: t}`` -> ``{prefix: stacked [L, ...]}`` (other keys
-    kept). Every layer must hold the same leaves (a LoRA tree must adapt every layer)."""
+    kept). Every layer must hold the same leaves (a LoRA tree must adapt every layer).
+
+    ``consume``: delete each layer's arrays as soon as their stacked leaf exists, so the
+    device never holds the two layouts of the frozen base (peak: one copy plus one stacked
+    leaf). ``tree``'s layer arrays are unusable afterwards: for a tree the caller owns."""
     pat = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
     idx = sorted(int(m.group(1)) for k in tree if (m := pat.match(k)))
     if not idx:
@@ -98,7 +105,18 @@ def stack_layers(tree: dict, prefix: str) -> dict:
             "that differ per layer cannot be stacked); use trainer.scan=false"
         )
     out = {k: v for k, v in tree.items() if not pat.match(k)}
-    out[prefix] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    if not consume:
+        out[prefix] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+        return out
+    flat = [jax.tree.leaves(t) for t in layers]
+    stacked = []
+    for j in range(len(flat[0])):
+        xs = [f[j] for f in flat]
+        stacked.append(jnp.stack(xs))
+        for x in xs:
+            if isinstance(x, jax.Array) and not x.is_deleted():
+                x.delete()
+    out[prefix] = jax.tree.unflatten(jax.tree.structure(layers[0]), stacked)
     return out
 
 
@@ -112,3 +130,23 @@ def unstack_layers(tree: dict, prefix: str) -> dict:
     for i in range(n):
         out[f"{prefix}_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerViews:
+    """The per-layer (loop) ``module`` applied to variables whose layers are stacked
+    (``{prefix: [L, ...]}``, params and/or lora): ``apply`` unstacks them first, so inside a
+    jitted caller (the KV-cache decoder, the validation loss) the layers are views of the one
+    stacked copy, not a second copy held between calls. Hashable, like a Flax module (the
+    decoder caches its compiled loop per module); ``dtype`` is the module's."""
+
+    module: nn.Module
+    prefix: str
+
+    @property
+    def dtype(self) -> Any:
+        return self.module.dtype
+
+    def apply(self, variables: dict, *args: Any, **kwargs: Any) -> Any:
+        views = {k: unstack_layers(dict(v), self.prefix) for k, v in variables.items()}
+        return self.module.apply(views, *args, **kwargs)

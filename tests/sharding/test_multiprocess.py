@@ -86,9 +86,7 @@ def test_two_processes_train_like_one_device(tiny_e2e_gpt2_dir, tmp_path):
     got_losses = res["metrics"]["train"]["losses"]
     want_losses = ref["metrics"]["train"]["losses"]
     assert [s for s, _ in got_losses] == list(range(1, STEPS + 1))
-    np.testing.assert_allclose(
-        [v for _, v in got_losses], [v for _, v in want_losses], rtol=1e-5
-    )
+    np.testing.assert_allclose([v for _, v in got_losses], [v for _, v in want_losses], rtol=1e-5)
     got, want = _lora(multi, overrides), _lora(tmp_path / "single", overrides)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     moved = False
@@ -110,8 +108,14 @@ def test_two_processes_train_like_one_device(tiny_e2e_gpt2_dir, tmp_path):
     "env, message",
     [
         ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}, "set JAX_NUM_PROCESSES"),
-        ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2",
-          "JAX_PROCESS_ID": "2"}, "must be in [0, JAX_NUM_PROCESSES=2)"),  # fmt: skip
+        (
+            {
+                "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "2",
+            },
+            "must be in [0, JAX_NUM_PROCESSES=2)",
+        ),  # fmt: skip
         ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2"}, "must both be set"),
     ],
 )
