@@ -357,16 +357,22 @@ class Checkpointer:
         )
 
     def _set_aside(self, steps: list[int]) -> None:
+        """Move broken steps aside (process 0 of a multi-process job moves, all wait)."""
+        from jax.experimental import multihost_utils
+
         dest = self.directory.with_name(self.directory.name + ".skipped")
-        dest.mkdir(exist_ok=True)
         self.manager.close()
-        for s in steps:
+        if jax.process_index() == 0:
+            dest.mkdir(exist_ok=True)
+        for s in steps if jax.process_index() == 0 else []:
             src = self.directory / str(s)
             if src.exists():
                 target = dest / str(s)
                 if target.exists():
                     shutil.rmtree(target)
                 src.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("lora_jax checkpoint set aside")
         self.manager = self._manager(self.keep)
 
     def close(self) -> None:

@@ -70,8 +70,8 @@ def run_layers(
         return x, new_layers
     if cache is not None:
         raise ValueError(
-            "scan_layers is a training option: decode with a model built with "
-            "scan_layers=False and unstack_layers(params)"
+            "scan_layers is a training option: decode stacked params with "
+            "LayerViews(module.clone(scan_layers=False), prefix) (what trainer.scan runs do)"
         )
     scanned = nn.scan(
         cls,
