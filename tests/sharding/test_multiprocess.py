@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -53,23 +54,30 @@ def test_two_processes_train_like_one_device(tiny_e2e_gpt2_dir, tmp_path):
     )  # fmt: skip
     multi = tmp_path / "multi"
     port = _free_port()
-    procs = []
+    procs, logs = [], [tmp_path / f"process{i}.log" for i in range(2)]
     for i in range(2):
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
                "JAX_PROCESS_ID": str(i)}  # fmt: skip
         args = [*overrides, "mesh=fsdp", "mesh.lora=fsdp", f"output_dir={multi}"]
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "lora_jax.train", *args], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
+        with logs[i].open("w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "lora_jax.train", *args], cwd=ROOT, env=env,
+                stdout=log, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    try:  # a process that fails leaves the other waiting for it: stop both then
+        deadline = time.time() + 240
+        while time.time() < deadline and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+    outs = [log.read_text() for log in logs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-4000:]
     # the processes saw one global mesh over both processes' devices
