@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Cache = dict[str, Any]
 LayerCache = dict[str, jax.Array]
@@ -168,6 +169,8 @@ def attend(
         return jax.nn.dot_product_attention(q, k, v, mask=spec.mask)
     # a row with no real token (filler rows) still attends to one key: finite outputs
     kv_len = jnp.maximum(spec.kv_lengths, 1).astype(jnp.int32)
+    if spec.start is not None and q.shape[1] == 1 and sliding_window is None:
+        return _attend_one(q, k, v, kv_len)
     causal = spec.start is None  # one query per row into a cache: the lengths say it all
     window = None if sliding_window is None else (sliding_window - 1, 0)
     return jax.nn.dot_product_attention(
@@ -179,6 +182,28 @@ def attend(
         local_window_size=window,
         implementation=_implementation(q),
     )
+
+
+def _attend_one(q: jax.Array, k: jax.Array, v: jax.Array, kv_len: jax.Array) -> jax.Array:
+    """One query per row into a cache (a decode step): the same arithmetic as
+    ``jax.nn.dot_product_attention``'s XLA path (logits in the input dtype, times 1/√hd, masked
+    to ``-0.7·max``, fp32 softmax), but contracted in the cache's own ``[B, KV, S, hd]`` layout
+    with the query heads grouped per KV head, so no cache-sized transpose or batched-dot
+    relayout runs per layer per step (on XLA:CPU the library call lowered the probs·V product
+    to a slow generic dot). q: [B, 1, H, hd]; k, v: [B, S, KV, hd]; kv_len: [B] -> [B, 1, H, hd].
+    """
+    b, _, h, hd = q.shape
+    kc, vc = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # the cache layout: transposes fold
+    kvh, s = kc.shape[1], kc.shape[2]
+    qg = q.reshape(b, kvh, h // kvh, hd)  # GQA: query head j reads kv head j // (h / kvh)
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    logits = jnp.einsum("bkgd,bksd->bkgs", qg, kc, preferred_element_type=f32)
+    logits = logits * jnp.asarray(1.0 / np.sqrt(hd), f32)
+    live = jnp.arange(s, dtype=jnp.int32)[None, None, None, :] < kv_len[:, None, None, None]
+    big_neg = jnp.asarray(-0.7 * float(jnp.finfo(jnp.float32).max), f32)
+    probs = jax.nn.softmax(jnp.where(live, logits, big_neg).astype(jnp.float32), axis=-1)
+    out = jnp.einsum("bkgs,bksd->bkgd", probs.astype(vc.dtype), vc)
+    return out.reshape(b, 1, h, hd)
 
 
 def restore_order(x: jax.Array, perm: jax.Array | None) -> jax.Array:
