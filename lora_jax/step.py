@@ -73,6 +73,9 @@ def lm_loss_chunked(
         h = jnp.pad(h, ((0, pad), (0, 0)))
         labels, w = jnp.pad(labels, (0, pad)), jnp.pad(w, (0, pad))
     head = head.astype(hidden.dtype)
+    smoothing = (
+        not isinstance(label_smoothing, (int, float)) or label_smoothing > 0.0
+    )  # traced: packs
 
     @jax.checkpoint
     def part(args):
@@ -80,7 +83,7 @@ def lm_loss_chunked(
         logits = jnp.dot(hc, head, preferred_element_type=jnp.float32)  # [chunk, V]
         lse = jax.nn.logsumexp(logits, axis=-1)
         nll = lse - jnp.take_along_axis(logits, lc[:, None], axis=-1)[:, 0]
-        smooth = lse - logits.mean(axis=-1) if label_smoothing > 0.0 else nll
+        smooth = lse - logits.mean(axis=-1) if smoothing else nll
         return jnp.stack([(nll * wc).sum(), (smooth * wc).sum()])
 
     k = (n + pad) // chunk
@@ -116,12 +119,14 @@ def _forward(
 def make_loss(
     module: nn.Module, label_smoothing: float = 0.0, loss_chunk: int | None = None
 ) -> Callable:
-    """``loss(variables, batch, rng) -> (loss, aux)``: plain (:func:`lm_loss`) or, with
-    ``loss_chunk``, chunked over target tokens (:func:`lm_loss_chunked`)."""
+    """``loss(variables, batch, rng, label_smoothing=) -> (loss, aux)``: plain (:func:`lm_loss`)
+    or, with ``loss_chunk``, chunked over target tokens (:func:`lm_loss_chunked`). The smoothing
+    ε given at the call (a traced value in a pack, lora_jax.packed.step) overrides the one built
+    in."""
     if loss_chunk is not None and loss_chunk < 1:
         raise ValueError(f"loss_chunk must be a positive token count or null, got {loss_chunk}")
 
-    def loss(variables, batch, rng):
+    def loss(variables, batch, rng, label_smoothing=label_smoothing):
         if loss_chunk is None:
             return lm_loss(_forward(module, variables, batch, rng), batch, label_smoothing)
         hidden = _forward(module, variables, batch, rng, hidden=True)

@@ -32,11 +32,34 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 log = logging.getLogger(__name__)
 
 
+def parse_pack_size(value: int | str) -> int | str:
+    """``hydra.launcher.pack_size``: a positive job count or ``auto``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise ValueError(
+            f"hydra.launcher.pack_size must be a positive number of jobs or auto; got {value!r}"
+        )
+    return n
+
+
 class PackedLauncher(Launcher):
-    def __init__(self, pack_size: int = 8, rank_bands: Sequence[int] = (16,)) -> None:
+    def __init__(
+        self,
+        pack_size: int | str = 8,
+        rank_bands: Sequence[int] = (16,),
+        memory_fraction: float = 0.8,
+        memory_budget_bytes: int | None = None,
+    ) -> None:
         super().__init__()
-        self.pack_size = int(pack_size)
+        self.pack_size = parse_pack_size(pack_size)
         self.rank_bands = [int(b) for b in rank_bands]
+        self.memory_fraction = float(memory_fraction)
+        self.memory_budget_bytes = None if memory_budget_bytes is None else int(memory_budget_bytes)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -70,7 +93,13 @@ class PackedLauncher(Launcher):
                 dirs.append(out)
         finally:
             HydraConfig.instance().cfg = orig
-        packs = make_packs(cfgs, self.pack_size, self.rank_bands)
+        if self.pack_size == "auto":  # whole groups, cut by the compiled step's memory
+            from lora_jax.packed.memory import auto_packs
+
+            groups = make_packs(cfgs, max(len(cfgs), 1), self.rank_bands)
+            packs = auto_packs(cfgs, groups, self.memory_fraction, self.memory_budget_bytes)
+        else:
+            packs = make_packs(cfgs, self.pack_size, self.rank_bands)
         log.info(f"Launching {len(cfgs)} jobs in {len(packs)} packs: {packs}")
         for pack in packs:
             results = run_pack([cfgs[i] for i in pack], [dirs[i] for i in pack])

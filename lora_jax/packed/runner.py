@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lora_jax import precision as precision_policy
 from lora_jax import record
 from lora_jax import train as solo
 from lora_jax.checkpoint import Checkpointer, CheckpointError, adapter_meta, run_fingerprint
@@ -163,6 +164,15 @@ def run_pack(cfgs: list[DictConfig], run_dirs: list[Path]) -> list[dict]:
     return out
 
 
+def load_base(cfg: DictConfig) -> Any:
+    """The frozen model as the solo run loads it (lora_jax.train): the precision policy's
+    dtypes (and matmul precision) and ``model.quant``."""
+    prec = precision_policy.resolve(cfg.precision, cfg.model.dtype, cfg.model.param_dtype)
+    prec.apply()
+    return load_model(cfg.model.source, prec.compute, prec.base, cfg.lora.dropout,
+                      quant=cfg.model.get("quant", "none"))  # fmt: skip
+
+
 def _finished_ok(job: _Job) -> bool:
     path = job.run_dir / "results.json"
     if not (job.cfg.trainer.resume and path.exists()):
@@ -175,7 +185,7 @@ def _train_and_eval(jobs: list[_Job]) -> None:
     cfg0 = jobs[0].cfg
     tcfg = cfg0.trainer
     t = time.time()
-    lm = load_model(cfg0.model.source, cfg0.model.dtype, cfg0.model.param_dtype, cfg0.lora.dropout)
+    lm = load_base(cfg0)
     console.print(
         f"[bold]pack of {len(jobs)}[/]: model {cfg0.model.name} in {time.time() - t:.1f}s"
     )
@@ -229,8 +239,7 @@ def _train_and_eval(jobs: list[_Job]) -> None:
     encoded = [
         encode_example(tok, ex, cfg0.task.format, cfg0.task.max_len, task, add_bos) for ex in train
     ]
-    # the solo run's batches (lora_jax.train); trainer.remat/scan/loss_chunk are not applied
-    # in a pack (they change speed and memory, not what is computed)
+    # the solo run's batches (lora_jax.train)
     buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
     batches = TrainBatches(encoded, tcfg.batch_size, solo.data_seed(cfg0), buckets, tok.pad_id,
@@ -321,7 +330,11 @@ def _train_and_eval(jobs: list[_Job]) -> None:
         evaluate_all("eval_before", None)
         validate(0)
 
-    step_fn = make_packed_step(lm.module, grad_accum=accum, dropout=cfg0.lora.dropout > 0)
+    # trainer.remat / scan / loss_chunk as the solo run applies them (lora_jax.train)
+    train_module, frozen_step, prefix = solo._speed_options(tcfg, lm.module, lm.params,
+                                                            lm.config.family)  # fmt: skip
+    step_fn = make_packed_step(train_module, grad_accum=accum, dropout=cfg0.lora.dropout > 0,
+                               loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix)  # fmt: skip
     pending: list[dict] = []
     window_tokens, window_t0, tps_all = 0, None, []
     tokens_seen = sum(int(batches.lengths[batches.indices_at(s)].sum()) for s in range(start))
@@ -333,7 +346,7 @@ def _train_and_eval(jobs: list[_Job]) -> None:
         n_tokens = int(batch["attention_mask"].sum())
         window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
         stacked, opt_state, ok, m = step_fn(
-            stacked, opt_state, ok, mask, hp, keys, lm.params, batch, step
+            stacked, opt_state, ok, mask, hp, keys, frozen_step, batch, step
         )
         pending.append(m)
         done = step + 1

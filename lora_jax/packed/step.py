@@ -13,6 +13,9 @@ exactly), dropout from the job's key folded with the step as the solo run does. 
 multiplied by the trainable mask. A job whose loss or new parameters are not finite keeps its
 last state and its ``ok`` flag drops to False for good: the other jobs are unaffected and no
 host sync is added (the runner reads ``ok`` at log points).
+
+``trainer.remat`` / ``trainer.scan`` / ``trainer.loss_chunk`` apply as in the solo step: the
+module comes built with them, the loss is the solo one (:func:`make_packed_grads`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 import optax
 
 from lora_jax.lora import make_optimizer
-from lora_jax.step import _forward, lm_loss, step_metrics
+from lora_jax.models.layers import stack_layers
+from lora_jax.step import make_loss, step_metrics
 
 HP_KEYS = ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")
 
@@ -36,14 +40,16 @@ HP_KEYS = ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")
 def job_hyperparams(
     optim_cfgs: list[Mapping[str, Any]], lr_fns: list[Callable], total: int
 ) -> dict:
-    """Per-job hyperparameters, each [K] float32, and ``lr``: [K, total + 1], job k's schedule
-    at optimizer counts 0..total (evaluated by the same jitted schedule function as the solo
-    run's optimizer)."""
+    """Per-job hyperparameters, each [K], and ``lr``: [K, total + 1], job k's schedule at
+    optimizer counts 0..total (evaluated by the same jitted schedule function as the solo run's
+    optimizer). The dtype is JAX's default float (float32; float64 under x64), that of the
+    Python floats the solo run's optax transform is built with."""
+    dt = jax.dtypes.canonicalize_dtype(jnp.float64)
     counts = jnp.arange(total + 1)
-    lr = np.stack([np.asarray(jax.jit(jax.vmap(f))(counts), np.float32) for f in lr_fns])
-    hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], np.float32) for k in HP_KEYS}
+    lr = np.stack([np.asarray(jax.jit(jax.vmap(f))(counts), dt) for f in lr_fns])
+    hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], dt) for k in HP_KEYS}
     hp["grad_clip"] = np.asarray([float(c["grad_clip"]) if c.get("grad_clip") else np.inf
-                                  for c in optim_cfgs], np.float32)  # fmt: skip
+                                  for c in optim_cfgs], dt)  # fmt: skip
     return {k: jnp.asarray(v) for k, v in hp.items()} | {"lr": jnp.asarray(lr)}
 
 
@@ -75,21 +81,47 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
-@functools.lru_cache(maxsize=16)  # packs of one model in one process share the compiled step
-def make_packed_step(
-    module: nn.Module, *, grad_accum: int = 1, dropout: bool = False, jit: bool = True
+def make_packed_grads(
+    module: nn.Module,
+    *,
+    dropout: bool = False,
+    loss_chunk: int | None = None,
+    scan_prefix: str | None = None,
 ) -> Callable:
-    """``step(lora, opt_state, ok, mask, hp, keys, frozen, batch, step)``; see the module doc."""
+    """One job's ``grads(lora, frozen, batch, rng, label_smoothing) -> ((loss, aux), grads)``:
+    the solo step's loss (lora_jax.step.make_loss, with ``trainer.loss_chunk``) of the module as
+    built with ``trainer.remat`` / ``trainer.scan``; with ``scan_prefix`` the frozen tree comes
+    stacked (lora_jax.models.layers.stack_layers, once, outside the step) and the job's per-layer
+    LoRA tree is stacked inside, as in lora_jax.step.make_train_step."""
+    loss = make_loss(module, 0.0, loss_chunk)
 
     def loss_fn(lora, frozen, batch, rng, eps):
-        logits = _forward(module, {"params": frozen, "lora": lora}, batch, rng if dropout else None)
-        return lm_loss(logits, batch, eps)
+        if scan_prefix is not None:
+            lora = stack_layers(lora, scan_prefix)
+        return loss({"params": frozen, "lora": lora}, batch, rng if dropout else None, eps)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+@functools.lru_cache(maxsize=16)  # packs of one model in one process share the compiled step
+def make_packed_step(
+    module: nn.Module,
+    *,
+    grad_accum: int = 1,
+    dropout: bool = False,
+    jit: bool = True,
+    loss_chunk: int | None = None,
+    scan_prefix: str | None = None,
+) -> Callable:
+    """``step(lora, opt_state, ok, mask, hp, keys, frozen, batch, step)``; see the module doc.
+    ``module``, ``loss_chunk`` and ``scan_prefix``: as for :func:`make_packed_grads`."""
+    grads_of = make_packed_grads(
+        module, dropout=dropout, loss_chunk=loss_chunk, scan_prefix=scan_prefix
+    )
 
     def job_step(lora, opt_state, ok, mask, hp, key, frozen, batch, step):
         rng = jax.random.fold_in(key, step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            lora, frozen, batch, rng, hp["label_smoothing"]
-        )
+        (loss, aux), grads = grads_of(lora, frozen, batch, rng, hp["label_smoothing"])
         updates, new_opt = job_optimizer(hp, lora, grad_accum).update(grads, opt_state, lora)
         updates = jax.tree.map(lambda u, m: jnp.where(m > 0, u, 0.0), updates, mask)
         new = optax.apply_updates(lora, updates)

@@ -1,0 +1,234 @@
+"""Pack size from the compiled step's memory: ``hydra.launcher.pack_size=auto``.
+
+For one group of packable jobs (lora_jax.packed.group), the packed step (lora_jax.packed.step,
+with the group's ``trainer.remat`` / ``scan`` / ``loss_chunk``) is lowered and compiled for
+abstract inputs (``jax.ShapeDtypeStruct``: K adapters in the group's union layout, the largest
+batch shape ``[trainer.batch_size, task.max_len]``), and XLA's ``compiled.memory_analysis()``
+gives its bytes: arguments + outputs − donated aliases + temporaries (:class:`StepMemory`).
+The bytes are close to affine in K (the frozen base and the batch once, each adapter's
+parameters, optimizer moments and activations K times), so the step is compiled at K = 1 and 2,
+the largest K under the budget is extrapolated, and that K is verified by one more compile
+(stepping down, re-fitted, while it does not fit).
+
+Budget: ``hydra.launcher.memory_budget_bytes`` when set, else ``memory_fraction`` of the
+device's ``memory_stats()["bytes_limit"]`` (GPU/TPU) or, on CPU, of the host's available memory
+(``MemAvailable`` in /proc/meminfo). Not counted: the multi-adapter decode (its KV cache grows
+with K × ``task.decode.batch_size`` rows) and host-side copies; the fraction leaves room for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from omegaconf import DictConfig, OmegaConf
+
+from lora_jax.packed.stack import stack
+from lora_jax.packed.step import init_opt_state, make_packed_step
+from lora_jax.tracking import console
+
+MIB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class StepMemory:
+    """Bytes of one compiled step (XLA's memory analysis)."""
+
+    argument: int
+    output: int
+    alias: int  # outputs written in place of donated arguments
+    temp: int
+
+    @property
+    def total(self) -> int:
+        """Peak estimate: live arguments and outputs (donated ones once) plus temporaries."""
+        return self.argument + self.output - self.alias + self.temp
+
+
+def _abstract(tree: Any, k: int | None = None) -> Any:
+    """ShapeDtypeStructs of ``tree``'s leaves; with ``k``, the leading axis set to K."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((x.shape if k is None else (k, *x.shape[1:])), x.dtype),
+        tree,
+    )
+
+
+def step_memory(
+    module: Any,
+    frozen: Any,
+    trees: Sequence[Any],
+    k: int,
+    batch_shape: tuple[int, int],
+    *,
+    grad_accum: int = 1,
+    dropout: bool = False,
+    loss_chunk: int | None = None,
+    scan_prefix: str | None = None,
+) -> StepMemory:
+    """Memory of the packed step compiled for ``k`` adapters laid out as the union of
+    ``trees`` (each slot at the largest rank any tree gives it). ``frozen``: the base in the
+    step's layout (stacked with ``scan_prefix``), arrays or ShapeDtypeStructs; ``batch_shape``:
+    ``[B, T]``. Nothing is run."""
+    union, _ = stack(trees)
+    lora = _abstract(union, k)
+    dt = jax.dtypes.canonicalize_dtype(jnp.float64)  # lora_jax.packed.step.job_hyperparams
+    hp = {n: jax.ShapeDtypeStruct((k,), dt)
+          for n in ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")}  # fmt: skip
+    hp["lr"] = jax.ShapeDtypeStruct((k, 2), dt)
+    opt = jax.eval_shape(lambda lo, h: init_opt_state(lo, h, grad_accum), lora, hp)
+    b, t = batch_shape
+    batch = {"input_ids": jax.ShapeDtypeStruct((b, t), jnp.int32),
+             "attention_mask": jax.ShapeDtypeStruct((b, t), jnp.int32),
+             "loss_mask": jax.ShapeDtypeStruct((b, t), jnp.float32)}  # fmt: skip
+    keys = jax.ShapeDtypeStruct((k, 2), jnp.uint32)  # jax.random.PRNGKey per job
+    ok = jax.ShapeDtypeStruct((k,), jnp.bool_)
+    step = make_packed_step(module, grad_accum=grad_accum, dropout=dropout,
+                            loss_chunk=loss_chunk, scan_prefix=scan_prefix)  # fmt: skip
+    compiled = step.lower(lora, opt, ok, lora, hp, keys, _abstract(frozen), batch, 0).compile()
+    ma = compiled.memory_analysis()
+    return StepMemory(int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
+                      int(ma.alias_size_in_bytes), int(ma.temp_size_in_bytes))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class PackSizing:
+    """The decision: ``k`` adapters per pack; ``base`` + ``per_adapter`` · K bytes (the fit);
+    ``measured``: K -> total bytes of every compile made."""
+
+    k: int
+    per_adapter: int
+    base: int
+    budget: int
+    measured: dict[int, int]
+
+
+def choose_pack_size(measure: Callable[[int], int], budget: int, n_jobs: int) -> PackSizing:
+    """The largest K <= ``n_jobs`` whose compiled step (``measure(K)``: total bytes) fits
+    ``budget``: compiled at K = 1 and 2, K extrapolated from the affine fit and verified by one
+    more compile; if that one does not fit (XLA's buffer assignment is not exactly affine), K is
+    bisected between the largest fitting K and it."""
+    if n_jobs < 1:
+        raise ValueError("no jobs to size a pack for")
+    seen: dict[int, int] = {1: measure(1)}
+    if seen[1] > budget:
+        raise ValueError(
+            f"even one adapter does not fit: the packed step needs {seen[1] / MIB:.1f} MiB, the "
+            f"budget is {budget / MIB:.1f} MiB. Lower trainer.batch_size or task.max_len, set "
+            "trainer.remat=full / trainer.loss_chunk, or raise hydra.launcher.memory_fraction "
+            "(or set hydra.launcher.memory_budget_bytes)"
+        )
+    if n_jobs > 1:
+        seen[2] = measure(2)
+    per = max(seen.get(2, 2 * seen[1]) - seen[1], 1)
+    base = seen[1] - per
+    fits = max(k for k, b in seen.items() if b <= budget)
+    over = min([k for k, b in seen.items() if b > budget] + [n_jobs + 1])
+    k = min(over - 1, max(fits, (budget - base) // per))  # the affine fit's pick
+    over = min(over, k + 1)  # the fit says K + 1 does not fit: not compiled
+    while k > fits:
+        seen[k] = measure(k)
+        if seen[k] <= budget:
+            fits = k
+        else:
+            over = k
+        k = (fits + over) // 2
+    return PackSizing(fits, per, base, budget, seen)
+
+
+def memory_budget(fraction: float, explicit: int | None = None) -> tuple[int, str]:
+    """(bytes, where they come from): ``explicit`` as is, else ``fraction`` of the device's
+    memory limit (GPU/TPU) or of the host's available memory (CPU)."""
+    if explicit is not None:
+        if int(explicit) < 1:
+            raise ValueError(f"hydra.launcher.memory_budget_bytes must be positive; got {explicit}")
+        return int(explicit), "hydra.launcher.memory_budget_bytes"
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"hydra.launcher.memory_fraction must be in (0, 1]; got {fraction}")
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(fraction * stats["bytes_limit"]), f"{fraction} x {dev.device_kind} bytes_limit"
+    return int(fraction * _host_available()), f"{fraction} x host MemAvailable"
+
+
+def _host_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]:
+    """``K -> StepMemory`` for one group of packable jobs (configs as the launcher composes
+    them): the model loaded once, each job's LoRA tree built as its pack builds it (jobs whose
+    LoRA config fails are left out: they fail in the pack), the step as the runner builds it."""
+    from lora_jax import train as solo
+    from lora_jax.lora import LoraConfig
+    from lora_jax.lora import init as lora_init
+    from lora_jax.models.registry import lora_modules
+    from lora_jax.packed.runner import load_base
+    from lora_jax.tasks.batching import default_buckets, linear_buckets
+
+    cfg0 = cfgs[0]
+    lm = load_base(cfg0)
+    trees = []
+    for c in cfgs:
+        lora = OmegaConf.to_container(c.lora)
+        try:
+            lcfg = LoraConfig.from_dict(lora | {"seed": c.seed})
+            tree, _ = lora_init(
+                jax.random.PRNGKey(c.seed), lm.params, lcfg, lora_modules(lm.config)
+            )
+        except Exception:
+            continue
+        trees.append(tree)
+    if not trees:
+        raise ValueError("no job of this group has a valid LoRA config")
+    tcfg = cfg0.trainer
+    built: dict = {}
+
+    def layout(params):  # the runner's training module and base layout; shapes only
+        built["module"], frozen, built["prefix"] = solo._speed_options(
+            tcfg, lm.module, params, lm.config.family
+        )
+        return frozen
+
+    frozen = jax.eval_shape(layout, lm.params)
+    module, prefix = built["module"], built["prefix"]
+    buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
+               else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
+    shape = (int(tcfg.batch_size), int(max(buckets)))
+    kw = dict(grad_accum=int(cfg0.optim.grad_accum), dropout=cfg0.lora.dropout > 0,
+              loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix)  # fmt: skip
+    return lambda k: step_memory(module, frozen, trees, k, shape, **kw)
+
+
+def auto_packs(
+    cfgs: Sequence[DictConfig],
+    groups: Sequence[Sequence[int]],
+    fraction: float = 0.8,
+    budget_bytes: int | None = None,
+) -> list[list[int]]:
+    """``groups`` (job indices, e.g. make_packs with an unbounded pack size) cut into packs of
+    the size :func:`choose_pack_size` finds for each; the decision is printed."""
+    budget, source = memory_budget(fraction, budget_bytes)
+    packs: list[list[int]] = []
+    for group in groups:
+        measure = group_step_memory([cfgs[i] for i in group])
+        s = choose_pack_size(lambda k, m=measure: m(k).total, budget, len(group))
+        console.print(
+            f"pack size auto: K={s.k} for {len(group)} job(s) "
+            f"({', '.join(str(cfgs[i].name) for i in group[:3])}{', ...' if len(group) > 3 else ''}): "
+            f"{s.per_adapter / MIB:.2f} MiB per adapter + {s.base / MIB:.1f} MiB shared, budget "
+            f"{budget / MIB:.1f} MiB ({source}); compiled at K in {sorted(s.measured)}"
+        )
+        packs += [list(group[lo : lo + s.k]) for lo in range(0, len(group), s.k)]
+    return sorted(packs, key=lambda p: p[0])
