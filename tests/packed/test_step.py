@@ -20,8 +20,13 @@ from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.optimizer import build_optimizer
 from lora_jax.packed.stack import _find, stack, unstack
-from lora_jax.packed.step import init_opt_state, job_hyperparams, make_packed_step
-from lora_jax.step import make_train_step
+from lora_jax.packed.step import (
+    init_opt_state,
+    job_hyperparams,
+    make_packed_grads,
+    make_packed_step,
+)
+from lora_jax.step import make_loss, make_train_step
 
 STEPS = 4
 BASE_OPT = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
@@ -81,24 +86,53 @@ def _run_solo(lm, tree, ocfg, seed, batches, dropout):
     return tree, losses
 
 
-def _packed(lm, trees, opts, seeds, batches, dropout):
+def _packed(lm, trees, opts, seeds, batches, dropout, module=None, frozen=None, **levers):
+    """K jobs packed; ``module`` / ``frozen`` / ``levers`` (loss_chunk, scan_prefix): the
+    step's trainer.remat/scan/loss_chunk (tests/packed/test_step_levers.py)."""
     stacked, mask = stack(trees)
     lr_fns = [build_optimizer(o, t, STEPS)[1] for o, t in zip(opts, trees)]
     hp = job_hyperparams(opts, lr_fns, STEPS)
     opt = init_opt_state(stacked, hp, 1)
     ok = jnp.ones((len(trees),), bool)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-    if dropout not in _STEPS:  # one compiled packed step per dropout setting in this module
-        _STEPS[dropout] = make_packed_step(lm.module, dropout=dropout > 0)
-    step = _STEPS[dropout]
+    module = lm.module if module is None else module
+    key = (dropout, module, tuple(sorted(levers.items())))
+    if key not in _STEPS:  # one compiled packed step per setting in this session
+        _STEPS[key] = make_packed_step(module, dropout=dropout > 0, **levers)
+    step = _STEPS[key]
+    frozen = lm.params if frozen is None else frozen
     losses = []
     for i, b in enumerate(batches):
-        stacked, opt, ok, m = step(stacked, opt, ok, mask, hp, keys, lm.params, b, i)
+        stacked, opt, ok, m = step(stacked, opt, ok, mask, hp, keys, frozen, b, i)
         losses.append(np.asarray(m["loss"]))
     return stacked, opt, ok, mask, np.stack(losses, 1)
 
 
-def _assert_tree_close(got, want):
+_GRADS: dict = {}
+
+
+def _packed_grads(lm, stacked, batch, eps, module=None, frozen=None, **levers):
+    """Every job's (loss, gradient) as the packed step computes them (dropout off), stacked."""
+    module = lm.module if module is None else module
+    key = (module, tuple(sorted(levers.items())))
+    if key not in _GRADS:  # one compiled function per setting in this session
+        grads = make_packed_grads(module, **levers)
+        f = lambda lo, fr, b, e: grads(lo, fr, b, None, e)  # noqa: E731
+        _GRADS[key] = jax.jit(jax.vmap(f, in_axes=(0, None, None, 0)))
+    frozen = lm.params if frozen is None else frozen
+    (loss, _), grads = _GRADS[key](stacked, frozen, batch, jnp.asarray(eps, jnp.float32))
+    return loss, grads
+
+
+def _with_b(trees, seed=0):
+    """The trees with B != 0 (as after some training): every A and B entry's gradient is then
+    non-zero."""
+    rng = np.random.default_rng(seed)
+    bump = lambda x: x + 0.02 * rng.standard_normal(x.shape).astype(np.float32)  # noqa: E731
+    return [jax.tree.map(lambda x: bump(x) if x.ndim == 2 else x, t) for t in trees]
+
+
+def _assert_tree_close(got, want, tol=1e-4, floor=1e-3):
     assert sorted((p, n) for p, n, _ in iter_adapters(got)) == sorted(
         (p, n) for p, n, _ in iter_adapters(want)
     )
@@ -106,8 +140,8 @@ def _assert_tree_close(got, want):
         w = _find(want, path, name)
         for leaf in ("a", "b", "scale"):
             x, y = np.asarray(g[leaf]), np.asarray(w[leaf])
-            tol = 1e-4 * max(float(np.abs(y).max()), 1e-3)
-            np.testing.assert_allclose(x, y, rtol=0, atol=tol, err_msg=f"{path}/{name}/{leaf}")
+            atol = tol * max(float(np.abs(y).max()), floor)
+            np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=f"{path}/{name}/{leaf}")
 
 
 @pytest.mark.parametrize("dropout,jobs", [(0.0, JOBS), (0.1, JOBS)])
@@ -136,6 +170,27 @@ def test_pack_equals_solo_runs(tiny_e2e_gpt2_dir, dropout, jobs):
                 assert pad.size and not pad.any(), f"{path}/{name}/{leaf}"
     # the q,v job (k=0) has no adapter on c_proj/mlp; the "all" job (k=2) has rank 8 everywhere
     assert not np.asarray(stacked["h_0"]["mlp"]["c_fc"]["up"]["a"][0]).any()
+
+
+def test_packed_gradients_equal_solo_gradients(tiny_e2e_gpt2_dir):
+    """The step before Adam: each job's loss and gradient in the pack equal its solo ones at
+    1e-5 of each leaf's largest entry (measured: <= 6e-7; rank padding, the union's zero
+    adapters and vmapped matmuls each reorder fp32 sums). Adam then turns such a difference on
+    an entry whose gradient is near ``eps`` (|g| ~ 5e-6, eps 1e-6: d(update)/dg ~ lr·eps/(|g| +
+    eps)², 3e4·lr) into the ~1e-4 of the leaf that the adapters above show."""
+    with jax.default_matmul_precision("highest"):
+        lm, trees, opts = _setup(tiny_e2e_gpt2_dir, 0.0, JOBS)
+        trees = _with_b(trees)
+        batch = _batches(lm.config.vocab_size, 1)[0]
+        eps = [o["label_smoothing"] for o in opts]
+        loss, grads = _packed_grads(lm, stack(trees)[0], batch, eps)
+        for k, tree in enumerate(trees):
+            solo = make_loss(lm.module, eps[k])
+            f = lambda lo, solo=solo: solo({"params": lm.params, "lora": lo}, batch, None)  # noqa: E731
+            (want_loss, _), want = jax.jit(jax.value_and_grad(f, has_aux=True))(tree)
+            assert any(float(np.abs(ad["a"]).max()) > 0 for _, _, ad in iter_adapters(want))
+            _assert_tree_close(unstack(grads, k, tree), want, tol=1e-5, floor=0.0)
+            np.testing.assert_allclose(float(loss[k]), float(want_loss), rtol=1e-6)
 
 
 def _is_moment(x) -> bool:
