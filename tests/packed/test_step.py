@@ -1,11 +1,21 @@
 """The packed step against the solo step (lora_jax.step + lora_jax.optimizer), job by job.
 
-fp32 on CPU with ``jax.default_matmul_precision("highest")``. Losses agree at rtol 1e-5; adapter
-leaves at 1e-4 of each leaf's largest entry: the batched (vmapped) matmuls sum in another order
-than the solo ones, and Adam's m/√v turns those last-bit differences of near-zero gradient
-entries into update differences of up to ~4e-5 of the leaf's magnitude after 4 steps (seen on
-1 entry of 1024). A wrong learning rate, scale, mask or rng stream is off by orders more. The pack mixes r ∈ {1, 4, 8}, targets {q,v / attn / all}, two seeds, two α,
-two learning rates, warmup, clipping, weight decay and label smoothing."""
+fp32 on CPU with ``jax.default_matmul_precision("highest")``. The pack mixes r ∈ {1, 4, 8},
+targets {q,v / attn / all}, two seeds, two α, two learning rates, warmup, clipping, weight
+decay and label smoothing.
+
+Tolerances, and why the adapters are compared at 1e-4 and not the issue's 1e-5. Before the
+optimizer, each job's loss and gradient in the pack equal its solo ones at 1e-5 of each leaf's
+largest entry (measured <= 6e-7: test_packed_gradients_equal_solo_gradients). They are not
+bitwise equal, because three things reorder fp32 sums and each alone gives ~5e-7: a rank padded
+to the pack's R (a [N, 1] x·A becomes [N, 8]: another matmul kernel), the zero adapters of
+slots the job lacks (another fusion of the frozen matmul), and the vmapped matmuls. Making the
+order equal means computing each job unbatched and unpadded, i.e. not packing. Adam then
+divides by √v: an entry whose gradient is near ``eps`` (|g| = 4.8e-6, eps = 1e-6, seen in
+h_1/mlp/c_proj of the "all" job) has d(update)/dg = lr·eps/(|g| + eps)² ≈ 3e4·lr, so its 2.5e-9
+gradient difference moves it by 1.1e-4 of the leaf after one step. So: losses at rtol 1e-5,
+adapters at 1e-4 of each leaf's largest entry with at most 1 entry in 1000 of a job beyond 1e-5
+(seen: 3 of 9216); a wrong learning rate, scale, mask or rng stream is off by orders more."""
 
 from __future__ import annotations
 
@@ -156,6 +166,7 @@ def test_pack_equals_solo_runs(tiny_e2e_gpt2_dir, dropout, jobs):
             solo_tree, solo_losses = _solo(lm, tree, ocfg, seed, batches, dropout)
             assert any(float(np.abs(ad["b"]).max()) > 0 for _, _, ad in iter_adapters(solo_tree))
             _assert_tree_close(unstack(stacked, k, tree), solo_tree)
+            assert _share_beyond(unstack(stacked, k, tree), solo_tree, 1e-5) <= 1e-3
             np.testing.assert_allclose(losses[k], solo_losses, rtol=1e-5)
 
     # Padding and absent slots: exactly zero in the adapter and in every optimizer moment.
@@ -191,6 +202,17 @@ def test_packed_gradients_equal_solo_gradients(tiny_e2e_gpt2_dir):
             assert any(float(np.abs(ad["a"]).max()) > 0 for _, _, ad in iter_adapters(want))
             _assert_tree_close(unstack(grads, k, tree), want, tol=1e-5, floor=0.0)
             np.testing.assert_allclose(float(loss[k]), float(want_loss), rtol=1e-6)
+
+
+def _share_beyond(got, want, tol: float) -> float:
+    """Share of A/B entries farther apart than ``tol`` times their leaf's largest entry."""
+    n = bad = 0
+    for path, name, g in iter_adapters(got):
+        for leaf in ("a", "b"):
+            x, y = np.asarray(g[leaf]), np.asarray(_find(want, path, name)[leaf])
+            bad += int((np.abs(x - y) > tol * np.abs(y).max()).sum())
+            n += y.size
+    return bad / n
 
 
 def _is_moment(x) -> bool:
