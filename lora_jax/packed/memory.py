@@ -224,11 +224,14 @@ def auto_packs(
     for group in groups:
         measure = group_step_memory([cfgs[i] for i in group])
         s = choose_pack_size(lambda k, m=measure: m(k).total, budget, len(group))
+        measured = ", ".join(f"K={k}: {b / MIB:.1f}" for k, b in sorted(s.measured.items()))
+        names = ", ".join(str(cfgs[i].name) for i in group[:3]) + (
+            ", ..." if len(group) > 3 else ""
+        )
         console.print(
-            f"pack size auto: K={s.k} for {len(group)} job(s) "
-            f"({', '.join(str(cfgs[i].name) for i in group[:3])}{', ...' if len(group) > 3 else ''}): "
-            f"{s.per_adapter / MIB:.2f} MiB per adapter + {s.base / MIB:.1f} MiB shared, budget "
-            f"{budget / MIB:.1f} MiB ({source}); compiled at K in {sorted(s.measured)}"
+            f"pack size auto: K={s.k} for {len(group)} job(s) ({names}); compiled step MiB "
+            f"{measured}, ~{s.per_adapter / MIB:.2f} MiB per adapter; budget {budget / MIB:.1f} "
+            f"MiB ({source})"
         )
         packs += [list(group[lo : lo + s.k]) for lo in range(0, len(group), s.k)]
     return sorted(packs, key=lambda p: p[0])
