@@ -49,23 +49,20 @@ def test_pack_with_scan_remat_and_loss_chunk_equals_the_plain_pack(tiny_e2e_gpt2
 
 
 def test_remat_and_loss_chunk_lower_the_packed_steps_temp_memory(tiny_e2e_gpt2_dir):
-    """K = 3 adapters, batch [4, 256]. Remat with the layers scanned (in a Python-unrolled loop
-    XLA:CPU's scheduler hoists the recomputation and remat saves nothing, as for the solo step:
-    tests/models/test_scan_remat.py); the chunked loss with the loop (scanned, the peak is the
-    scan's stacked residuals, not the logits, on this 512-token vocabulary)."""
+    """K = 3 adapters, batch [16, 64], layers scanned (in a Python-unrolled loop XLA:CPU's
+    scheduler hoists the recomputation and remat saves nothing, as for the solo step:
+    tests/models/test_scan_remat.py)."""
     lm, trees, _ = _setup(tiny_e2e_gpt2_dir, 0.0, JOBS[:1])  # q,v: a smaller program to compile
-    k, b, t = 3, 4, 256
-    stacked = jax.eval_shape(lambda p: stack_layers(p, "h"), lm.params)
+    k, b, t = 3, 16, 64
+    frozen = jax.eval_shape(lambda p: stack_layers(p, "h"), lm.params)
 
-    def temp(scan: bool, remat: str, loss_chunk: int | None) -> int:
-        module = lm.module.clone(scan_layers=scan, remat=remat)
-        frozen, prefix = (stacked, "h") if scan else (lm.params, None)
-        return step_memory(module, frozen, trees, k, (b, t), loss_chunk=loss_chunk,
-                           scan_prefix=prefix).temp  # fmt: skip
+    def temp(remat: str, loss_chunk: int | None) -> int:
+        module = lm.module.clone(scan_layers=True, remat=remat)
+        mem = step_memory(module, frozen, trees, k, (b, t), loss_chunk=loss_chunk, scan_prefix="h")
+        return mem.temp
 
-    none, full = temp(True, "none", None), temp(True, "full", None)
-    assert full < 0.6 * none, (none, full)
-    plain, chunked = temp(False, "none", None), temp(False, "none", 64)
+    plain, full, chunked = temp("none", None), temp("full", None), temp("none", 16)
+    assert full < 0.6 * plain, (plain, full)
     logits_bytes = k * b * (t - 1) * lm.config.vocab_size * 4  # [K, B, T-1, V] fp32
     assert plain > logits_bytes  # the plain loss holds every job's full logits
     assert chunked < plain - logits_bytes, (plain, chunked)  # the chunked one never does
