@@ -8,7 +8,7 @@ gives its bytes: arguments + outputs − donated aliases + temporaries (:class:`
 The bytes are close to affine in K (the frozen base and the batch once, each adapter's
 parameters, optimizer moments and activations K times), so the step is compiled at K = 1 and 2,
 the largest K under the budget is extrapolated, and that K is verified by one more compile
-(if it does not fit, K is bisected between the largest fitting K and it). On the tiny GPT-2
+(if it does not fit, the line through the largest fitting K and it picks the next K). On the tiny GPT-2
 (batch 4 x 128) K = 1, 2, 3 take 11.1, 26.3, 39.3 MiB: K = 1 below the line through K = 2 and
 3, so the fit through K = 1 and 2 errs on the small side.
 
@@ -109,9 +109,10 @@ class PackSizing:
 
 def choose_pack_size(measure: Callable[[int], int], budget: int, n_jobs: int) -> PackSizing:
     """The largest K <= ``n_jobs`` whose compiled step (``measure(K)``: total bytes) fits
-    ``budget``: compiled at K = 1 and 2, K extrapolated from the affine fit and verified by one
-    more compile; if that one does not fit (XLA's buffer assignment is not exactly affine), K is
-    bisected between the largest fitting K and it."""
+    ``budget``: compiled at K = 1 and 2, K extrapolated from the line through them and verified
+    by one more compile; if that one does not fit (the bytes are not exactly affine), the line
+    through the largest fitting K and it picks the next K to compile (at least one more than the
+    largest fitting K), until one fits or K + 1 is known not to."""
     if n_jobs < 1:
         raise ValueError("no jobs to size a pack for")
     seen: dict[int, int] = {1: measure(1)}
@@ -124,20 +125,20 @@ def choose_pack_size(measure: Callable[[int], int], budget: int, n_jobs: int) ->
         )
     if n_jobs > 1:
         seen[2] = measure(2)
-    per = max(seen.get(2, 2 * seen[1]) - seen[1], 1)
-    base = seen[1] - per
     fits = max(k for k, b in seen.items() if b <= budget)
     over = min([k for k, b in seen.items() if b > budget] + [n_jobs + 1])
-    k = min(over - 1, max(fits, (budget - base) // per))  # the affine fit's pick
-    over = min(over, k + 1)  # the fit says K + 1 does not fit: not compiled
+    lo, hi = (1, 2) if n_jobs > 1 else (1, 1)
+    per = max((seen[hi] - seen[lo]) // max(hi - lo, 1), 1)
+    k = min(over - 1, fits + (budget - seen[fits]) // per)  # the line's pick
     while k > fits:
         seen[k] = measure(k)
         if seen[k] <= budget:
             fits = k
-        else:
-            over = k
-        k = (fits + over) // 2
-    return PackSizing(fits, per, base, budget, seen)
+            break  # verified; the line says K + 1 does not fit
+        over, lo, hi = k, fits, k  # re-fit through the largest fitting K and this one
+        per = max((seen[hi] - seen[lo]) // (hi - lo), 1)
+        k = min(over - 1, max(fits + 1, fits + (budget - seen[fits]) // per))
+    return PackSizing(fits, per, seen[lo] - per * lo, budget, seen)
 
 
 def memory_budget(fraction: float, explicit: int | None = None) -> tuple[int, str]:

@@ -65,7 +65,7 @@ def test_choose_pack_size_extrapolates_then_verifies():
     calls.clear()
     assert (
         choose_pack_size(steps_up, budget=1750, n_jobs=64).k == 3
-    )  # 7 fails, bisect: 4 fails, 3 fits
+    )  # 7 fails; re-fits: 4 fails, 3 fits
     assert calls == [1, 2, 7, 4, 3]
 
 
