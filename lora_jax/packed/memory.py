@@ -8,7 +8,8 @@ gives its bytes: arguments + outputs − donated aliases + temporaries (:class:`
 The bytes are close to affine in K (the frozen base and the batch once, each adapter's
 parameters, optimizer moments and activations K times), so the step is compiled at K = 1 and 2,
 the largest K under the budget is extrapolated, and that K is verified by one more compile
-(if it does not fit, the line through the largest fitting K and it picks the next K). On the tiny GPT-2
+(and while the line through the last two compiles picks another K, that one: at most
+``MAX_COMPILES``). On the tiny GPT-2
 (batch 4 x 128) K = 1, 2, 3 take 11.1, 26.3, 39.3 MiB: K = 1 below the line through K = 2 and
 3, so the fit through K = 1 and 2 errs on the small side.
 
@@ -34,6 +35,7 @@ from lora_jax.packed.step import HP_KEYS, init_opt_state, make_packed_step
 from lora_jax.tracking import console
 
 MIB = 1 << 20
+MAX_COMPILES = 6  # per group, in choose_pack_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +112,10 @@ class PackSizing:
 def choose_pack_size(measure: Callable[[int], int], budget: int, n_jobs: int) -> PackSizing:
     """The largest K <= ``n_jobs`` whose compiled step (``measure(K)``: total bytes) fits
     ``budget``: compiled at K = 1 and 2, K extrapolated from the line through them and verified
-    by one more compile; if that one does not fit (the bytes are not exactly affine), the line
-    through the largest fitting K and it picks the next K to compile (at least one more than the
-    largest fitting K), until one fits or K + 1 is known not to."""
+    by one more compile. The bytes are not exactly affine: while the line through the largest
+    fitting K and the last one compiled picks another K (above a fitting one: the bytes grew
+    slower; below one that did not fit: faster, then at least one more than the largest fitting
+    K), that K is compiled too, at most ``MAX_COMPILES`` compiles in all."""
     if n_jobs < 1:
         raise ValueError("no jobs to size a pack for")
     seen: dict[int, int] = {1: measure(1)}
@@ -130,14 +133,17 @@ def choose_pack_size(measure: Callable[[int], int], budget: int, n_jobs: int) ->
     lo, hi = (1, 2) if n_jobs > 1 else (1, 1)
     per = max((seen[hi] - seen[lo]) // max(hi - lo, 1), 1)
     k = min(over - 1, fits + (budget - seen[fits]) // per)  # the line's pick
-    while k > fits:
+    while k > fits and len(seen) < MAX_COMPILES:
         seen[k] = measure(k)
+        lo, hi = fits, k  # the next line: through the largest fitting K and this one
         if seen[k] <= budget:
             fits = k
-            break  # verified; the line says K + 1 does not fit
-        over, lo, hi = k, fits, k  # re-fit through the largest fitting K and this one
+        else:
+            over = k
         per = max((seen[hi] - seen[lo]) // (hi - lo), 1)
-        k = min(over - 1, max(fits + 1, fits + (budget - seen[fits]) // per))
+        k = min(over - 1, fits + (budget - seen[fits]) // per)
+        if over == hi:  # after an overshoot, always one more than the largest fitting K
+            k = max(k, fits + 1)
     return PackSizing(fits, per, seen[lo] - per * lo, budget, seen)
 
 

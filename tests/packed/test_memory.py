@@ -68,6 +68,14 @@ def test_choose_pack_size_extrapolates_then_verifies():
     )  # 7 fails; re-fits: 4 fails, 3 fits
     assert calls == [1, 2, 7, 4, 3]
 
+    def slower(k: int) -> int:  # grows slower than the line through K = 1, 2
+        calls.append(k)
+        return int(1000 + 100 * k**0.8)
+
+    calls.clear()
+    assert choose_pack_size(slower, budget=2000, n_jobs=64).k == 17  # 100·k^0.8 <= 1000
+    assert calls == [1, 2, 13, 17]  # 13 fits; the line through 2 and 13 picks 17, which fits
+
 
 def test_launcher_pack_size_setting():
     assert PackedLauncher(pack_size="auto").pack_size == "auto"
