@@ -1,7 +1,7 @@
 """What ``hydra.launcher.pack_size=auto`` sees: the packed step's compiled memory per K on
 SmolLM2-135M, with and without the memory levers.
 
-    python -m benchmarks.packed_memory [--batch 8 --max-len 128 --budget-gib 16]
+    python -m benchmarks.packed_memory [--batch 8 --max-len 128 --budget-gib 16 --settings plain ...]
 
 The configurations of benchmarks/packed.py (r ∈ {1, 4} × {q,v / attention / all linear}: one
 rank band), one group. Per setting (plain; trainer.remat=full + trainer.scan=true;
@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--budget-gib", type=float, default=16.0)
     p.add_argument("--jobs", type=int, default=64, help="group size the pick is capped at")
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     args = p.parse_args()
     base = [c for c in configs(6, 8, args.max_len, 4, args.batch) if int(c.lora.r) <= 16]
     budget = int(args.budget_gib * 1024 * MIB)
@@ -43,7 +44,8 @@ def main() -> None:
     print("| setting | K=1 args / temp / total MiB | K=2 total MiB | per adapter MiB | "
           f"K for {args.budget_gib:g} GiB (verified) | compile s |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name, levers in SETTINGS.items():
+    for name in args.settings:
+        levers = SETTINGS[name]
         cfgs = []
         for c in base:
             c = c.copy()
