@@ -7,10 +7,10 @@ decay and label smoothing.
 Tolerances, and why the adapters are compared at 1e-4 and not the issue's 1e-5. Before the
 optimizer, each job's loss and gradient in the pack equal its solo ones at 1e-5 of each leaf's
 largest entry (measured <= 6e-7: test_packed_gradients_equal_solo_gradients). They are not
-bitwise equal, because three things reorder fp32 sums and each alone gives ~5e-7: a rank padded
-to the pack's R (a [N, 1] x·A becomes [N, 8]: another matmul kernel), the zero adapters of
-slots the job lacks (another fusion of the frozen matmul), and the vmapped matmuls. Making the
-order equal means computing each job unbatched and unpadded, i.e. not packing. Adam then
+bitwise equal: the pack's layout alone (the job's tree padded to the pack's ranks, with zero
+adapters on modules it lacks, run unbatched) gives up to 5e-7, and so do the vmapped matmuls
+alone (measured on this job mix at B != 0); both reorder fp32 sums. Making the order equal
+means computing each job unbatched and unpadded, i.e. not packing. Adam then
 divides by √v: an entry whose gradient is near ``eps`` (|g| = 4.8e-6, eps = 1e-6, seen in
 h_1/mlp/c_proj of the "all" job) has d(update)/dg = lr·eps/(|g| + eps)² ≈ 3e4·lr, so its 2.5e-9
 gradient difference moves it by 1.1e-4 of the leaf after one step. So: losses at rtol 1e-5,
@@ -185,8 +185,8 @@ def test_pack_equals_solo_runs(tiny_e2e_gpt2_dir, dropout, jobs):
 
 def test_packed_gradients_equal_solo_gradients(tiny_e2e_gpt2_dir):
     """The step before Adam: each job's loss and gradient in the pack equal its solo ones at
-    1e-5 of each leaf's largest entry (measured: <= 6e-7; rank padding, the union's zero
-    adapters and vmapped matmuls each reorder fp32 sums). Adam then turns such a difference on
+    1e-5 of each leaf's largest entry (measured: <= 6e-7; the pack's layout and the vmapped
+    matmuls reorder fp32 sums). Adam then turns such a difference on
     an entry whose gradient is near ``eps`` (|g| ~ 5e-6, eps 1e-6: d(update)/dg ~ lr·eps/(|g| +
     eps)², 3e4·lr) into the ~1e-4 of the leaf that the adapters above show."""
     with jax.default_matmul_precision("highest"):
