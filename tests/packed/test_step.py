@@ -13,7 +13,7 @@ alone (measured on this job mix at B != 0); both reorder fp32 sums. Making the o
 means computing each job unbatched and unpadded, i.e. not packing. Adam then
 divides by √v: an entry whose gradient is near ``eps`` (|g| = 4.8e-6, eps = 1e-6, seen in
 h_1/mlp/c_proj of the "all" job) has d(update)/dg = lr·eps/(|g| + eps)² ≈ 3e4·lr, so its 2.5e-9
-gradient difference moves it by 1.1e-4 of the leaf after one step. So: losses at rtol 1e-5,
+gradient difference moves it by ~7e-5 of the leaf (1.1e-4 measured) after one step. So: losses at rtol 1e-5,
 adapters at 1e-4 of each leaf's largest entry with at most 1 entry in 1000 of a job beyond 1e-5
 (seen: 3 of 9216); a wrong learning rate, scale, mask or rng stream is off by orders more."""
 
