@@ -5,7 +5,7 @@ SmolLM2-135M, with and without the memory levers.
 
 The configurations of benchmarks/packed.py (r ∈ {1, 4} × {q,v / attention / all linear}: one
 rank band), one group. Per setting (plain; trainer.remat=full + trainer.scan=true;
-trainer.loss_chunk=1024; all three) it compiles the packed step for K = 1 and 2 (XLA's
+trainer.loss_chunk=128; all three) it compiles the packed step for K = 1 and 2 (XLA's
 memory analysis, nothing runs) and prints arguments / temporaries / total, the bytes per
 adapter, and the K that lora_jax.packed.memory.choose_pack_size picks for ``--budget-gib``
 (verified by its own compile). Needs LORA_JAX_SMOLLM2_GGUF.
@@ -21,8 +21,8 @@ from omegaconf import open_dict
 SETTINGS = {
     "plain": {},
     "remat=full, scan": {"remat": "full", "scan": True},
-    "loss_chunk=1024": {"loss_chunk": 1024},
-    "all three": {"remat": "full", "scan": True, "loss_chunk": 1024},
+    "loss_chunk=128": {"loss_chunk": 128},
+    "all three": {"remat": "full", "scan": True, "loss_chunk": 128},
 }
 
 
