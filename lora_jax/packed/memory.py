@@ -201,16 +201,9 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     if not trees:
         raise ValueError("no job of this group has a valid LoRA config")
     tcfg = cfg0.trainer
-    built: dict = {}
-
-    def layout(params):  # the runner's training module and base layout; shapes only
-        built["module"], frozen, built["prefix"] = solo._speed_options(
-            tcfg, lm.module, params, lm.config.family
-        )
-        return frozen
-
-    frozen = jax.eval_shape(layout, lm.params)
-    module, prefix = built["module"], built["prefix"]
+    # the runner's training module and base layout (scan: lm.params stacked, lm is ours)
+    module, prefix = solo._layer_layout(tcfg, lm)
+    frozen = _abstract(lm.params)
     buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
     shape = (int(tcfg.batch_size), int(max(buckets)))

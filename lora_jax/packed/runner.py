@@ -226,6 +226,8 @@ def _train_and_eval(jobs: list[_Job]) -> None:
     live = [j for j in jobs if j.alive]
     if not live:
         return
+    # trainer.remat / scan as the solo run applies them (scan: lm.params stacked, once)
+    train_module, prefix = solo._layer_layout(tcfg, lm)
 
     task = solo._build_task(cfg0.task, live[0].run_dir)
     items = task.eval_groups(task.load("eval"))
@@ -330,9 +332,6 @@ def _train_and_eval(jobs: list[_Job]) -> None:
         evaluate_all("eval_before", None)
         validate(0)
 
-    # trainer.remat / scan / loss_chunk as the solo run applies them (lora_jax.train)
-    train_module, frozen_step, prefix = solo._speed_options(tcfg, lm.module, lm.params,
-                                                            lm.config.family)  # fmt: skip
     step_fn = make_packed_step(train_module, grad_accum=accum, dropout=cfg0.lora.dropout > 0,
                                loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix)  # fmt: skip
     pending: list[dict] = []
@@ -346,7 +345,7 @@ def _train_and_eval(jobs: list[_Job]) -> None:
         n_tokens = int(batch["attention_mask"].sum())
         window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
         stacked, opt_state, ok, m = step_fn(
-            stacked, opt_state, ok, mask, hp, keys, frozen_step, batch, step
+            stacked, opt_state, ok, mask, hp, keys, lm.params, batch, step
         )
         pending.append(m)
         done = step + 1
