@@ -79,7 +79,7 @@ def step_memory(
     ``[B, T]``. Nothing is run."""
     union, _ = stack(trees)
     lora = _abstract(union, k)
-    dt = jax.dtypes.canonicalize_dtype(jnp.float64)  # lora_jax.packed.step.job_hyperparams
+    dt = jnp.float32  # lora_jax.packed.step.job_hyperparams
     hp = {n: jax.ShapeDtypeStruct((k,), dt) for n in HP_KEYS}
     hp["lr"] = jax.ShapeDtypeStruct((k, 2), dt)
     opt = jax.eval_shape(lambda lo, h: init_opt_state(lo, h, grad_accum), lora, hp)

@@ -49,16 +49,14 @@ def slots(trees: Sequence[Mapping[str, Any]]) -> dict[Slot, tuple[int, int, int]
 
 
 def stack(trees: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """K LoRA trees -> (stacked tree, trainable mask) with a leading K axis, in the trees' float
-    dtype (float32 as lora_jax.lora.init makes them; float64 in an x64 test)."""
+    """K LoRA trees -> (stacked tree, trainable mask), both float32 with a leading K axis."""
     k = len(trees)
-    dtype = np.result_type(*(ad["a"].dtype for t in trees for _, _, ad in iter_adapters(t)))
     stacked: dict = {}
     mask: dict = {}
     for (path, name), (d_in, r_max, d_out) in slots(trees).items():
-        a = np.zeros((k, d_in, r_max), dtype)
-        b = np.zeros((k, r_max, d_out), dtype)
-        scale = np.zeros((k,), dtype)
+        a = np.zeros((k, d_in, r_max), np.float32)
+        b = np.zeros((k, r_max, d_out), np.float32)
+        scale = np.zeros((k,), np.float32)
         ma, mb = np.zeros_like(a), np.zeros_like(b)
         for j, tree in enumerate(trees):
             ad = _find(tree, path, name)
@@ -78,7 +76,7 @@ def stack(trees: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
             mask,
             path,
             name,
-            {"a": jnp.asarray(ma), "b": jnp.asarray(mb), "scale": jnp.zeros((k,), dtype)},
+            {"a": jnp.asarray(ma), "b": jnp.asarray(mb), "scale": jnp.zeros((k,), jnp.float32)},
         )
     return stacked, mask
 

@@ -40,16 +40,14 @@ HP_KEYS = ("b1", "b2", "eps", "weight_decay", "grad_clip", "label_smoothing")
 def job_hyperparams(
     optim_cfgs: list[Mapping[str, Any]], lr_fns: list[Callable], total: int
 ) -> dict:
-    """Per-job hyperparameters, each [K], and ``lr``: [K, total + 1], job k's schedule at
-    optimizer counts 0..total (evaluated by the same jitted schedule function as the solo run's
-    optimizer). The dtype is JAX's default float (float32; float64 under x64), that of the
-    Python floats the solo run's optax transform is built with."""
-    dt = jax.dtypes.canonicalize_dtype(jnp.float64)
+    """Per-job hyperparameters, each [K] float32, and ``lr``: [K, total + 1], job k's schedule
+    at optimizer counts 0..total (evaluated by the same jitted schedule function as the solo
+    run's optimizer)."""
     counts = jnp.arange(total + 1)
-    lr = np.stack([np.asarray(jax.jit(jax.vmap(f))(counts), dt) for f in lr_fns])
-    hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], dt) for k in HP_KEYS}
+    lr = np.stack([np.asarray(jax.jit(jax.vmap(f))(counts), np.float32) for f in lr_fns])
+    hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], np.float32) for k in HP_KEYS}
     hp["grad_clip"] = np.asarray([float(c["grad_clip"]) if c.get("grad_clip") else np.inf
-                                  for c in optim_cfgs], dt)  # fmt: skip
+                                  for c in optim_cfgs], np.float32)  # fmt: skip
     return {k: jnp.asarray(v) for k, v in hp.items()} | {"lr": jnp.asarray(lr)}
 
 
