@@ -23,9 +23,9 @@ from lora_jax import train as solo
 from lora_jax.checkpoint import load_adapter
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
-from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.packed.decode import decode_items_multi
+from lora_jax.packed.runner import load_base
 from lora_jax.packed.stack import stack
 from lora_jax.tracking import console
 
@@ -53,7 +53,7 @@ def evaluate_adapters(
             f"the adapters were trained on different base models {sorted(sources)}; evaluate them separately"
         )
     cfg0 = cfgs[0]
-    lm = load_model(cfg0.model.source, cfg0.model.dtype, cfg0.model.param_dtype)
+    lm = load_base(cfg0)  # as the runs trained: precision policy, model.quant
     trees = []
     for d, c in zip(dirs, cfgs):
         lcfg = {k: v for k, v in OmegaConf.to_container(c.lora).items() if k != "preset"}
