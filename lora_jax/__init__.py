@@ -6,3 +6,9 @@ differentiates the LoRA tree only; merging W + s·A·B is for inference and expo
 """
 
 __version__ = "0.1.0"
+
+# Host memory for XLA:CPU's per-step temp buffers (lora_jax/_malloc.py): before anything else
+# starts threads. LORA_JAX_HOST_MALLOC=system opts out.
+from lora_jax import _malloc
+
+_malloc.apply_from_env()

@@ -7,7 +7,7 @@ key lookups elsewhere).
       "status": "running" | "ok" | "failed",  "error": str | None,  "traceback": str | None,
       "run": {name, dir, started, finished, wall_time_s, command, git_commit, host, platform,
               backend, device_kind, device_count, local_device_count, process_count,
-              process_index, precision: {compute, base, matmul}, mesh (when sharded),
+              process_index, precision: {compute, base, matmul}, mesh (when sharded), host_malloc,
               lora_jax_version, packages: {dist name: version | None}},
       "config": the resolved Hydra config (every value the run used),
       "sweep": {sweep, model, task, targets, r, alpha, scale, scaling, lr, steps, tokens_seen,
@@ -58,6 +58,7 @@ def run_info(name: str, run_dir: Path) -> dict[str, Any]:
     """The "run" block at start: versions, device, command line, git commit."""
     import jax
 
+    from lora_jax.hostmem import status as hostmem_status
     from lora_jax.sharding import device_summary
 
     return {
@@ -70,6 +71,8 @@ def run_info(name: str, run_dir: Path) -> dict[str, Any]:
         "platform": jax.default_backend(),
         **device_summary(),  # backend, device_kind, device/process counts (lora_jax/sharding.py)
         "lora_jax_version": lora_jax.__version__,
+        # the host malloc policy for XLA:CPU's temp buffers (lora_jax/_malloc.py)
+        "host_malloc": hostmem_status(),
         # the environment: every distribution of lora-jax's dependency closure (make setup
         # installs them from requirements.lock)
         "packages": package_versions(),

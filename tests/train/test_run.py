@@ -42,6 +42,7 @@ def test_results_json_has_every_field(trained):
     assert res["run"]["packages"]["flax"] == flax.__version__
     # what it ran on, and the precision policy resolved for the CPU (auto: fp32)
     assert res["run"]["backend"] == "cpu" and res["run"]["device_count"] == jax.device_count()
+    assert res["run"]["host_malloc"].startswith(("retain", "system: "))
     assert res["run"]["process_count"] == 1
     assert res["run"]["precision"] == {"compute": "float32", "base": "float32", "matmul": None}
 
