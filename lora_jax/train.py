@@ -168,7 +168,8 @@ def _train_and_eval(
     }
     dev = results["run"]
     console.print(f"{dev['backend']}: {dev['device_count']} x {dev['device_kind']}, "
-                  f"{dev['process_count']} process(es); {prec.describe()}")  # fmt: skip
+                  f"{dev['process_count']} process(es); {prec.describe()}; "
+                  f"host malloc {dev.get('host_malloc')}")  # fmt: skip
     t = time.time()
     lm = load_model(cfg.model.source, prec.compute, prec.base, cfg.lora.dropout,
                     quant=cfg.model.quant)  # fmt: skip
