@@ -13,9 +13,13 @@ alone (measured on this job mix at B != 0); both reorder fp32 sums. Making the o
 means computing each job unbatched and unpadded, i.e. not packing. Adam then
 divides by √v: an entry whose gradient is near ``eps`` (|g| = 4.8e-6, eps = 1e-6, seen in
 h_1/mlp/c_proj of the "all" job) has d(update)/dg = lr·eps/(|g| + eps)² ≈ 3e4·lr, so its 2.5e-9
-gradient difference moves it by ~7e-5 of the leaf (1.1e-4 measured) after one step. So: losses at rtol 1e-5,
-adapters at 1e-4 of each leaf's largest entry with at most 1 entry in 1000 of a job beyond 1e-5
-(seen: 3 of 9216); a wrong learning rate, scale, mask or rng stream is off by orders more."""
+gradient difference moves it by ~7e-5 of the leaf (1.1e-4 measured) after one step, and each of
+the 4 steps can add as much. Which entries land near eps, and by how much the sums differ,
+depends on the CPU's kernels: on one machine the worst entry was 1.1e-4 of its leaf, on a
+2-core AMD EPYC with AVX-512 (2026-12-02) 2.4e-4 (h_1/mlp/c_fc up/b of the "all" job, 1 entry of
+9216; 4 beyond 1e-5). So: losses at rtol 1e-5, every adapter entry within 1e-3 of its leaf's
+largest entry (the 4-step bound above), and at most 1 entry in 1000 of a job beyond 1e-5; a
+wrong learning rate, scale, mask or rng stream moves most entries, by orders more."""
 
 from __future__ import annotations
 
@@ -142,7 +146,7 @@ def _with_b(trees, seed=0):
     return [jax.tree.map(lambda x: bump(x) if x.ndim == 2 else x, t) for t in trees]
 
 
-def _assert_tree_close(got, want, tol=1e-4, floor=1e-3):
+def _assert_tree_close(got, want, tol=1e-3, floor=1e-3):
     assert sorted((p, n) for p, n, _ in iter_adapters(got)) == sorted(
         (p, n) for p, n, _ in iter_adapters(want)
     )
@@ -233,4 +237,5 @@ def test_a_diverging_job_does_not_touch_the_others(tiny_e2e_gpt2_dir):
         for k in (0, 2):
             solo_tree, solo_losses = _solo(lm, trees[k], opts[k], seeds[k], batches, 0.0)
             _assert_tree_close(unstack(stacked, k, trees[k]), solo_tree)
+            assert _share_beyond(unstack(stacked, k, trees[k]), solo_tree, 1e-5) <= 1e-3
             np.testing.assert_allclose(losses[k], solo_losses, rtol=1e-5)
