@@ -347,14 +347,16 @@ def _train_and_eval(
             train_m.setdefault("losses", []).append([done, loss])
             tracker.log(row, step=done)
             progress(done - start, f"loss {loss:.4f}  lr {row['train/lr']:.2e}  {tps:,.0f} tok/s")
+        broken = False
         if tcfg.ckpt_every and done % tcfg.ckpt_every == 0 and done != end:
-            if not (math.isfinite(float(m["loss"])) and _all_finite(lora)):
-                continue  # never checkpoint a broken state; the next log point stops the run
-            save(done)
-        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end:
+            # never checkpoint (or evaluate) a broken state; the next log point stops the run
+            broken = not (math.isfinite(float(m["loss"])) and _all_finite(lora))
+            if not broken:
+                save(done)
+        if tcfg.eval_every and done % tcfg.eval_every == 0 and done != end and not broken:
             _log_eval(tracker, evaluate_now(lora, f"eval_step{done}"), done)
             validate(done)
-        if PREEMPTION.requested:  # SIGTERM: a flag read, no host sync
+        if PREEMPTION.should_stop(done):  # SIGTERM: a flag read (one process), no host sync
             break
     progress(None, "")
     train_m.update(steps=done, tokens_seen=tokens_seen,
