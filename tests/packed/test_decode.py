@@ -1,9 +1,7 @@
 """Multi-adapter decoding gives, token for token, what decoding each adapter alone gives
-(lora_jax.decoding.generate), greedy and beam, on the tiny GPT-2 and (slow) the real SmolLM2."""
+(lora_jax.decoding.generate), greedy and beam, on the tiny GPT-2 and a tiny grouped-query Llama."""
 
 from __future__ import annotations
-
-import os
 
 import jax
 import numpy as np
@@ -67,19 +65,20 @@ def test_multi_adapter_decoding_equals_single(tiny_e2e_gpt2_dir, beams):
         rng.integers(0, lm.config.vocab_size, n).tolist() for n in (5, 8, 3, 7)
     ]  # one batch shape
     eos = lm.tokenizer.eos_id
-    _check(lm, _adapters(lm, 0.5), prompts, eos, eos, max_new_tokens=8, num_beams=beams,
+    _check(lm, _adapters(lm, 0.5), prompts, eos, eos, max_new_tokens=8, num_beams=3,
            no_repeat_ngram_size=2, batch_size=4)  # fmt: skip
 
 
-@pytest.mark.slow
-def test_multi_adapter_decoding_on_smollm2():
-    gguf = os.environ.get("LORA_JAX_SMOLLM2_GGUF")
-    if not gguf:
-        pytest.skip("set LORA_JAX_SMOLLM2_GGUF to the SmolLM2-135M GGUF (scripts: get-smollm2)")
-    lm = load_model(gguf)
-    tok = lm.tokenizer
-    prompts = [tok.encode(s) for s in ("name[The Eagle] food[French] area[riverside] ||",
-                                       "The capital of France is")]  # fmt: skip
-    eos = lm.config.eos_token_id if lm.config.eos_token_id is not None else tok.eos_id
-    trees = _adapters(lm, 0.02)[::2]  # q,v r=1 and all-linear r=8; beam search (greedy: tiny test)
-    _check(lm, trees, prompts, eos, tok.pad_id, max_new_tokens=6, num_beams=2, batch_size=2)
+@pytest.mark.torch
+def test_multi_adapter_decoding_on_a_gqa_llama(tmp_path):
+    """The Llama path (grouped-query attention, RoPE, SwiGLU with gate/up/down adapters) on a
+    tiny random Llama written by transformers (compiles in seconds; the real SmolLM2 took a
+    minute of CI for the same check). Beam search; greedy is the GPT-2 test's."""
+    from tests.models.conftest import write_tiny_hf_model
+
+    lm = load_model(str(write_tiny_hf_model(tmp_path / "llama", "llama_gqa")))
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, lm.config.vocab_size, n).tolist() for n in (6, 4, 9, 5)]
+    eos = lm.config.eos_token_id if lm.config.eos_token_id is not None else lm.tokenizer.eos_id
+    _check(lm, _adapters(lm, 0.5), prompts, eos, eos, max_new_tokens=8, num_beams=3,
+           no_repeat_ngram_size=2, batch_size=4)  # fmt: skip
