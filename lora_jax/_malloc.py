@@ -24,8 +24,9 @@ process that starts threads first can set the same policy from the environment:
 ``eval "$(python -m lora_jax.hostmem)"`` (:mod:`lora_jax.hostmem`). ``status()`` says which
 applies; results.json records it as ``run.host_malloc``.
 
-Measured on 2 CPU cores (benchmarks/RESULTS.md, "Host memory"): the SmolLM2-135M q,v r=64 LoRA
-step 2.75 → 2.1 s alone, and 3.3 → 2.0 s right after a PyTorch step in the same process.
+Measured on 2 CPU cores (benchmarks/RESULTS.md, "the host malloc policy"): the SmolLM2-135M
+q,v r=64 LoRA step 2.75 → 2.1 s alone, and 3.3 → 2.0 s right after a PyTorch step in the same
+process.
 """
 
 from __future__ import annotations
