@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest_gguf import smollm2_gguf  # noqa: F401
 from flax import traverse_util
 
 from lora_jax.models import convert
@@ -299,41 +298,3 @@ def test_load_model_from_folder(fixture, request):
     np.testing.assert_allclose(np.asarray(logits)[real], ref[real], atol=1e-4, rtol=0)
     lm16 = load_model(str(path), dtype="bfloat16", param_dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(lm16.params))
-
-
-@pytest.mark.slow
-@pytest.mark.torch
-def test_smollm2_gguf_logits_match_transformers(smollm2_gguf):  # noqa: F811
-    """The real SmolLM2-135M (Llama, GQA 9/3, tied) from its Q4_1 GGUF: our fp32 logits against
-    transformers' on the same dequantized weights (transformers reads the GGUF itself)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from lora_jax.models.pretrained import load_model
-
-    lm = load_model(str(smollm2_gguf))
-    text = ["The capital of France is", "Hi"]
-    tok = lm.tokenizer
-    rows = [tok.encode(t) for t in text]
-    width = max(map(len, rows))
-    ids = np.zeros((2, width), np.int32)
-    mask = np.zeros((2, width), np.int32)
-    for i, r in enumerate(rows):  # left padding
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    logits, _ = jax.jit(lm.module.apply)({"params": lm.params}, ids, mask)
-    model = AutoModelForCausalLM.from_pretrained(
-        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
-    )
-    with torch.no_grad():
-        ref = model(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask),
-            position_ids=torch.tensor(positions, dtype=torch.long),
-        ).logits.numpy()
-    real = mask.astype(bool)
-    np.testing.assert_allclose(
-        np.asarray(logits)[real], ref[real], atol=1e-3, rtol=0
-    )  # measured 1.3e-4 (|logits| <= 27)
-    assert np.argmax(np.asarray(logits)[0, -1]) == np.argmax(ref[0, -1])
