@@ -16,24 +16,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# One persistent XLA compilation cache for this test session, fresh each session: this process
-# and, through the environment, every app subprocess it starts (the kill/resume chains, sweeps,
-# multi-process runs recompile the same programs in new processes; tests/train/test_resume.py
-# 64 s -> 49 s). Set before jax is imported, which reads it then.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="lora-jax-test-xla-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import numpy as np
+import pytest
 
 # The fp32 numeric tests (parity with transformers, merged == unmerged, hand-computed formulas)
 # assume true float32 matmuls. JAX's default precision computes float32 matmuls with TF32 on
 # recent NVIDIA GPUs and with bfloat16 passes on TPU, which is ~1e-3 relative, not ~1e-7; on CPU
 # "highest" is what runs anyway. Tolerances are then scaled to the magnitude compared.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# One persistent XLA compilation cache per test session, for the app subprocesses only: the
+# kill/resume chains, sweeps and multi-process runs recompile the same tiny-model programs in
+# new processes (tests/train/test_resume.py 64 s -> 49 s). Set after this process imported jax,
+# which read its configuration then: here, programs that bake in the 135M-parameter SmolLM2
+# weights would be hashed and written whole (400 MB entries; the suite ran slower with it).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="lora-jax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 TINY_GPT2 = dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)
 
