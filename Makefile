@@ -9,7 +9,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
 # The real SmolLM2-135M-Instruct GGUF and the E2E CSVs of this workplace (see README, "Data and models").
-ENV = LORA_JAX_SMOLLM2_GGUF="$${LORA_JAX_SMOLLM2_GGUF:-$$($(SHARED)/bin/get-smollm2)}" \
+# Without $(SHARED)/bin/get-smollm2 (outside this workplace) and no LORA_JAX_SMOLLM2_GGUF, the
+# variable stays unset, never empty: model=smollm2-135m then loads HuggingFaceTB/SmolLM2-135M-Instruct
+# from the Hugging Face Hub (conf/model/smollm2-135m.yaml).
+GET_SMOLLM2 := $(SHARED)/bin/get-smollm2
+ENV = LORA_JAX_SMOLLM2_GGUF="$${LORA_JAX_SMOLLM2_GGUF:-$$(if [ -x "$(GET_SMOLLM2)" ]; then "$(GET_SMOLLM2)"; fi)}"; \
+      if [ -n "$$LORA_JAX_SMOLLM2_GGUF" ]; then export LORA_JAX_SMOLLM2_GGUF; else unset LORA_JAX_SMOLLM2_GGUF; fi; \
       LORA_JAX_E2E_DIR="$${LORA_JAX_E2E_DIR:-$(abspath $(SHARED)/data/e2e)}"
 
 LOCK := requirements.lock

@@ -4,9 +4,9 @@
 
 Configurations cycle through r ∈ {1, 4, 64} × targets {q,v / attention / all linear}, then
 seeds (one data order: trainer.data_seed=0). For each K the same configs run
-  sequential: lora_jax.train.run per config, what the standard launcher does per job (load the
+  sequential: lora_jax.run.app.run per config, what the standard launcher does per job (load the
               base, build the task, compile, train, evaluate);
-  packed:     lora_jax.packed.runner.run_pack on all K (one load, one data pipeline, one
+  packed:     lora_jax.run.pack_runner.run_pack on all K (one load, one data pipeline, one
               compiled step, one multi-adapter decode);
 sequential first, then packed, in this process. Prints wall time per configuration and
 tokens/s (training tokens of all K jobs / total wall time, and the train loop's own rate), and
@@ -30,7 +30,7 @@ RANKS, TARGETS = (1, 4, 64), ("qv", "attn", "all")
 def configs(k: int, steps: int, max_len: int, eval_items: int, batch: int):
     from hydra import compose, initialize_config_dir
 
-    from lora_jax import schema
+    from lora_jax.run import schema
 
     schema.register()
     combos = list(itertools.product(range(100), RANKS, TARGETS))[:k]  # seed-major: 9 per seed
@@ -51,8 +51,8 @@ def configs(k: int, steps: int, max_len: int, eval_items: int, batch: int):
 
 
 def bench(k: int, args) -> dict:
-    from lora_jax import train
-    from lora_jax.packed.runner import run_pack
+    from lora_jax.run import app as train
+    from lora_jax.run.pack_runner import run_pack
 
     cfgs = configs(k, args.steps, args.max_len, args.eval_items, args.batch)
     tmp = Path(tempfile.mkdtemp(prefix=f"packed_bench_k{k}_"))
@@ -97,7 +97,7 @@ def main() -> None:
     args = p.parse_args()
     import jax
 
-    from lora_jax.train import _quiet_libraries
+    from lora_jax.run.app import _quiet_libraries
 
     _quiet_libraries()
     rows = [bench(k, args) for k in args.k]

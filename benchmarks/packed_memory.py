@@ -7,7 +7,7 @@ The configurations of benchmarks/packed.py (r ∈ {1, 4} × {q,v / attention / a
 rank band), one group. Per setting (plain; trainer.remat=full + trainer.scan=true;
 trainer.loss_chunk=128; all three) it compiles the packed step for K = 1 and 2 (XLA's
 memory analysis, nothing runs) and prints arguments / temporaries / total, the bytes per
-adapter, and the K that lora_jax.packed.memory.choose_pack_size picks for ``--budget-gib``
+adapter, and the K that lora_jax.run.pack_memory.choose_pack_size picks for ``--budget-gib``
 (verified by its own compile). Needs LORA_JAX_SMOLLM2_GGUF.
 """
 
@@ -28,7 +28,7 @@ SETTINGS = {
 
 def main() -> None:
     from benchmarks.packed import configs
-    from lora_jax.packed.memory import MIB, choose_pack_size, group_step_memory
+    from lora_jax.run.pack_memory import MIB, choose_pack_size, group_step_memory
 
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=8)

@@ -39,8 +39,8 @@ task = E2ETask(dataset=None, data_dir=str(WORK / "data"), train_file="train.csv"
 train = [encode_example(lm.tokenizer, ex, "plain", 64, task) for ex in task.load("train")]
 batches = TrainBatches(train, batch_size=8, seed=0, buckets=[64], pad_id=lm.tokenizer.pad_id)"""),
     ("code", """# 4. One jitted pure train step that differentiates the LoRA tree only
-from lora_jax.optimizer import build_optimizer
-from lora_jax.step import make_train_step
+from lora_jax.train.optimizer import build_optimizer
+from lora_jax.train.step import make_train_step
 ocfg = dict(name="adamw", lr=1e-3, warmup_steps=2, schedule="linear", b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, grad_accum=1, grad_clip=None)
 tx, _ = build_optimizer(ocfg, lora, STEPS)
 step = make_train_step(lm.module, tx)
@@ -52,7 +52,7 @@ for s in range(STEPS):
     losses.append(float(m["loss"]))
 print("loss", losses[0], "->", losses[-1])"""),
     ("code", """# 6. Decode (greedy, KV cache) with the adapter
-from lora_jax.decoding import generate
+from lora_jax.eval.decoding import generate
 items = task.eval_groups(task.load("eval"))[:2]
 prompts = [encode_prompt(lm.tokenizer, it.source, "plain", task) for it in items]
 out = generate(lm.module, {"params": lm.params, "lora": lora}, prompts, cfg=lm.config,

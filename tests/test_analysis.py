@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lora_jax import analysis as an
+from lora_jax.analysis import subspace as an
 
 
 def _orth(d: int, k: int, seed: int) -> np.ndarray:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lora_jax import analysis as an
-from lora_jax.checkpoint import Checkpointer
+from lora_jax.analysis import subspace as an
+from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
@@ -23,7 +23,7 @@ from tests.train.app import compose, tiny_overrides
 
 
 def fake_run(root: Path, model_dir: Path, r: int, seed: int) -> tuple[Path, dict]:
-    """A run folder as lora_jax.train leaves it (config in results.json, orbax checkpoint),
+    """A run folder as lora_jax.run.app leaves it (config in results.json, orbax checkpoint),
     holding a q,v adapter with random non-zero B."""
     run_dir = root / f"r{r}_s{seed}"
     cfg = compose(tiny_overrides(model_dir, f"lora.r={r}", "lora.alpha=16", f"seed={seed}"))
@@ -55,7 +55,7 @@ def runs(tiny_e2e_gpt2_dir, tmp_path_factory):
 
 
 def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path):
-    from lora_jax.analyze import main
+    from lora_jax.analysis.cli import main
 
     (d8, t8), (d2, t2) = runs
     out = main([str(d8), str(d2), "--out", str(tmp_path / "a"), "--logger", "none"])
@@ -113,14 +113,14 @@ def test_export_cli_peft_roundtrip_and_merged(runs, tiny_e2e_gpt2_dir, tmp_path)
 
 
 def test_not_a_run_dir_is_named(tmp_path):
-    from lora_jax.analyze import main
+    from lora_jax.analysis.cli import main
 
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         main([str(tmp_path), "--out", str(tmp_path / "a")])
 
 
 def test_analyze_uploads_to_wandb_when_asked(runs, tmp_path, monkeypatch):
-    from lora_jax.analyze import main
+    from lora_jax.analysis.cli import main
 
     for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_API_KEY": "",
                  "WANDB_DISABLE_CODE": "true"}.items():  # fmt: skip

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.decoding import _reorder_generated, generate
-from lora_jax.evaluate import decode_variables
+from lora_jax.eval.decoding import _reorder_generated, generate
+from lora_jax.eval.evaluate import decode_variables
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.config import ModelConfig

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.decoding import _ban_ngrams, _bucket, generate
+from lora_jax.eval.decoding import _ban_ngrams, _bucket, generate
 
 # ---------------------------------------------------------------- a toy model with the contract
 

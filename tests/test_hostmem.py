@@ -1,4 +1,4 @@
-"""The host malloc policy (lora_jax/_malloc.py): XLA:CPU's per-execution temp buffer reuses
+"""The host malloc policy of the entry points (lora_jax/run/malloc.py, lora_jax/run/entry.py): XLA:CPU's per-execution temp buffer reuses
 mapped pages instead of page-faulting a fresh mmap in at every call.
 
 Each case runs in a fresh interpreter (the policy depends on what ran before ``import
@@ -30,7 +30,12 @@ order = sys.argv[1]
 if order == "jax-first":
     import jax, jax.numpy as jnp
     jnp.ones(1).block_until_ready()  # the backend's threads now exist
-import lora_jax, lora_jax.hostmem as hostmem
+import lora_jax, lora_jax.run.hostmem as hostmem
+if order == "library":  # a user's script: the library imported, no entry point
+    import lora_jax.train.engine, lora_jax.run.jobs, lora_jax.run.app, lora_jax.run.evaluate_many
+else:  # what the entry points (python -m lora_jax.train ...) do before importing jax's users
+    import lora_jax.run.entry
+    lora_jax.run.entry.apply_host_malloc_policy()
 import jax, jax.numpy as jnp
 
 @jax.jit
@@ -61,7 +66,7 @@ def _probe(order: str, **env) -> dict:
 
 def _env_policy() -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "lora_jax.hostmem"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "lora_jax.run.hostmem"], capture_output=True, text=True, check=True
     )
     lines = out.stdout.strip().splitlines()
     assert lines and all(line.startswith("export MALLOC_") for line in lines), out.stdout
@@ -73,6 +78,7 @@ def test_policy_keeps_the_temp_buffer_mapped():
     system = _probe("lora-first", LORA_JAX_HOST_MALLOC="system")
     retain = _probe("lora-first")
     late = _probe("jax-first")
+    library = _probe("library")
     env = _probe("jax-first", **_env_policy())
     assert system["status"] == "system: LORA_JAX_HOST_MALLOC=system"
     assert system["median"] > 30_000, system
@@ -81,6 +87,9 @@ def test_policy_keeps_the_temp_buffer_mapped():
     # imported after jax started its threads: not applied (it would not take), and says why
     assert late["status"].startswith("system:") and "import lora_jax first" in late["status"]
     assert late["median"] > 30_000, late
+    # importing the library (every stage of it) changes no process-wide state
+    assert library["status"] == "system: not applied", library
+    assert library["median"] > 30_000, library
     # the environment form works whatever the import order
     assert env["status"] == "retain (environment)"
     assert env["faults"] < system["faults"] / 3 and env["median"] < 1_000, (env, system)
@@ -89,7 +98,8 @@ def test_policy_keeps_the_temp_buffer_mapped():
 def test_bad_policy_value_names_the_choices():
     e = dict(os.environ, LORA_JAX_HOST_MALLOC="bogus")
     out = subprocess.run(
-        [sys.executable, "-c", "import lora_jax"], env=e, capture_output=True, text=True
+        [sys.executable, "-c", "import lora_jax.run.entry as e; e.apply_host_malloc_policy()"],
+        env=e, capture_output=True, text=True,
     )
     assert out.returncode != 0
     assert "LORA_JAX_HOST_MALLOC='bogus'" in out.stderr and "'system'" in out.stderr
@@ -98,7 +108,10 @@ def test_bad_policy_value_names_the_choices():
 def test_not_applied_when_jax_runs_on_an_accelerator():
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "LORA_JAX_HOST"))}
     e["JAX_PLATFORMS"] = "cuda"
-    code = "import lora_jax.hostmem as h; print(h.status())"
+    code = (
+        "import lora_jax.run.entry as e, lora_jax.run.hostmem as h; "
+        "e.apply_host_malloc_policy(); print(h.status())"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from lora_jax.env_info import canonical, dependency_closure, package_versions
+from lora_jax.train.env_info import canonical, dependency_closure, package_versions
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the lock is resolved on 3.11)
 ROOT = Path(__file__).parents[1]

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax import precision
+from lora_jax.models import precision
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
-from lora_jax.optimizer import build_optimizer
-from lora_jax.step import make_eval_loss, make_train_step
+from lora_jax.train.optimizer import build_optimizer
+from lora_jax.train.step import make_eval_loss, make_train_step
 
 OPTIM = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
              schedule="constant", warmup_steps=0, grad_clip=None, grad_accum=1)  # fmt: skip

@@ -15,7 +15,7 @@ import lora_jax.lora as L
 from lora_jax.lora.layer import lora_delta
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model
-from lora_jax.step import lm_loss, lm_loss_chunked, make_loss, make_train_step
+from lora_jax.train.step import lm_loss, lm_loss_chunked, make_loss, make_train_step
 
 LLAMA = ModelConfig(
     model_type="llama", vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -11,7 +11,7 @@ import gc
 import jax
 import numpy as np
 
-from lora_jax import train
+from lora_jax.run import app as train
 from tests.train.app import run_in_process, tiny_overrides
 
 BASE = ["lora=all", "lora.r=4", "optim.lr=3e-2", "trainer.max_steps=4", "trainer.log_every=1",

@@ -4,8 +4,8 @@ Like Hydra's BasicLauncher it composes every job's config (``load_sweep_config``
 run dir (``hydra.sweep.dir``/``hydra.sweep.subdir``) with ``.hydra/{config,hydra,overrides}.yaml``
 and returns one ``JobReturn`` per job in sweep order (return value: the job's main metric, or
 None for a failed job, as the app's multirun does). Instead of calling the task function per
-job, it groups the jobs (lora_jax.packed.group.make_packs) and runs each pack in this process
-with lora_jax.packed.runner.run_pack. It serves the lora_jax.train app only.
+job, it groups the jobs (lora_jax.run.packs.make_packs) and runs each pack in this process
+with lora_jax.run.jobs.run_jobs (the engine every run uses). It serves the lora_jax.train app only.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class PackedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from lora_jax.packed.group import make_packs
-        from lora_jax.packed.runner import run_pack
-        from lora_jax.runguard import SweepStatus
+        from lora_jax.run.packs import make_packs
+        from lora_jax.run.jobs import run_jobs
+        from lora_jax.run.guard import SweepStatus
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -94,7 +94,7 @@ class PackedLauncher(Launcher):
         finally:
             HydraConfig.instance().cfg = orig
         if self.pack_size == "auto":  # whole groups, cut by the compiled step's memory
-            from lora_jax.packed.memory import auto_packs
+            from lora_jax.run.pack_memory import auto_packs
 
             groups = make_packs(cfgs, max(len(cfgs), 1), self.rank_bands)
             packs = auto_packs(cfgs, groups, self.memory_fraction, self.memory_budget_bytes)
@@ -102,7 +102,7 @@ class PackedLauncher(Launcher):
             packs = make_packs(cfgs, self.pack_size, self.rank_bands)
         log.info(f"Launching {len(cfgs)} jobs in {len(packs)} packs: {packs}")
         for pack in packs:
-            results = run_pack([cfgs[i] for i in pack], [dirs[i] for i in pack])
+            results = run_jobs([cfgs[i] for i in pack], [dirs[i] for i in pack])
             for i, res in zip(pack, results):
                 if res["status"] != "ok":  # the app exits 1 after the sweep, as for solo jobs
                     SweepStatus.job_errors.append((str(dirs[i]), "failed", res.get("error") or ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from lora_jax.errors import ConfigError
 from lora_jax.models.config import ModelConfig
 
 GPT2_MEDIUM = ModelConfig(
@@ -83,6 +84,6 @@ def lookup(names: str, cpu: bool) -> list[Case]:
     out = []
     for n in names.split(","):
         if n not in table:
-            raise ValueError(f"unknown case {n!r}; known: {', '.join(table)}")
+            raise ConfigError(f"unknown case {n!r}; known: {', '.join(table)}")
         out.append(table[n])
     return out

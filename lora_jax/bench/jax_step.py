@@ -27,10 +27,11 @@ import optax
 
 import lora_jax.lora as L
 from lora_jax.bench.cases import Case
+from lora_jax.errors import ConfigError
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
 from lora_jax.quant import frozen_bytes, quantize_params
-from lora_jax.step import make_full_finetune_step, make_train_step
+from lora_jax.train.step import make_full_finetune_step, make_train_step
 
 # dense bf16 peak FLOP/s per device kind (vendor data sheets; SXM parts)
 PEAK_FLOPS = {
@@ -91,7 +92,7 @@ def _model(case: Case, cfg: ModelConfig | None, dtype: str, param_dtype: str, re
 
         gguf = os.environ.get("LORA_JAX_SMOLLM2_GGUF")
         if not gguf:
-            raise ValueError("SmolLM2 cases need LORA_JAX_SMOLLM2_GGUF=path/to/SmolLM2-135M.gguf")
+            raise ConfigError("SmolLM2 cases need LORA_JAX_SMOLLM2_GGUF=path/to/SmolLM2-135M.gguf")
         lm = load_model(gguf, dtype, param_dtype)
         return lm.module.clone(remat=remat), lm.params, lm.config
     module = build_model(cfg, dtype, param_dtype).clone(remat=remat)
@@ -119,7 +120,7 @@ def run_case(
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)  # for FLOPs
     if quant != "none":
         if case.full:
-            raise ValueError("--quant applies to LoRA cases only (a quantized base is frozen)")
+            raise ConfigError("--quant applies to LoRA cases only (a quantized base is frozen)")
         params = quantize_params(params, quant, lora_modules(mcfg))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, mcfg.vocab_size, (case.batch, case.seq)).astype(np.int32)

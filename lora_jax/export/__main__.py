@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
 
     from lora_jax.export import save_merged_hf, save_peft
-    from lora_jax.run_adapter import load_run_adapter
+    from lora_jax.run.run_adapter import load_run_adapter
 
     ra = load_run_adapter(args.run_dir, args.step)
     source = ra.config["model"]["source"]

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from lora_jax.errors import AdapterMismatch, DataError, MissingFile
 from lora_jax.lora.params import iter_adapters
-from lora_jax.lora.targeting import _suffix_match
+from lora_jax.lora.targeting import suffix_match
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.convert import hf_name, param_shapes
 from lora_jax.models.registry import lora_modules
@@ -193,7 +194,7 @@ def _module_paths(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 def _pattern(patterns: Mapping[str, Any], name: str) -> Any:
     for key, value in patterns.items():
-        if _suffix_match(key, name):  # PEFT's get_pattern_key rule: (.*\.)?(key)$
+        if suffix_match(key, name):  # PEFT's get_pattern_key rule: (.*\.)?(key)$
             return value
     return None
 
@@ -209,18 +210,18 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
 
     folder = Path(adapter_dir)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{folder} is not a PEFT adapter folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(what `PeftModel.save_pretrained` writes)"
         )
     pc = json.loads((folder / CONFIG_NAME).read_text())
     if pc.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{folder} holds a {pc['peft_type']} adapter; only LORA is supported")
+        raise DataError(f"{folder} holds a {pc['peft_type']} adapter; only LORA is supported")
     for key, bad in (("use_dora", True), ("bias", "all"), ("bias", "lora_only")):
         if pc.get(key) == bad:
-            raise ValueError(f"{folder}: {key}={bad!r} is not supported by lora-jax's LoRA layer")
+            raise DataError(f"{folder}: {key}={bad!r} is not supported by lora-jax's LoRA layer")
     if pc.get("modules_to_save"):
-        raise ValueError(
+        raise DataError(
             f"{folder} also trains full modules ({pc['modules_to_save']}); lora-jax imports "
             "LoRA factors only"
         )
@@ -232,7 +233,7 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
         name = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
         name = re.sub(r"\.default$", "", name)
         if name not in paths:
-            raise ValueError(
+            raise AdapterMismatch(
                 f"adapter tensor {key!r} targets {name!r}, which is not a LoRA-adaptable "
                 f"{cfg.model_type} module (known e.g.: {sorted(paths)[:4]}...)"
             )
@@ -258,5 +259,5 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
                 "scale": scale,
             }
     if not tree:
-        raise ValueError(f"{folder}/{WEIGHTS_NAME} holds no lora_A/lora_B tensors")
+        raise DataError(f"{folder}/{WEIGHTS_NAME} holds no lora_A/lora_B tensors")
     return tree

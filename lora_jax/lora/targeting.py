@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lora_jax.errors import ConfigError
 from lora_jax.lora.config import PRESETS, SHORT_NAMES, LoraConfig
 
 _LAYER_SCOPE = re.compile(r"^(?P<base>.+)_(?P<idx>\d+)$")
@@ -109,14 +110,14 @@ def candidates(
     return found
 
 
-def _suffix_match(pattern: str, key: str) -> bool:
+def suffix_match(pattern: str, key: str) -> bool:
     """PEFT's rank_pattern rule: the pattern matches the whole id or a suffix after a '.'."""
     return re.fullmatch(rf"(?:.*\.)?(?:{pattern})", key) is not None
 
 
 def _pattern_value(patterns: Mapping[str, Any], cand: Candidate) -> Any:
     for pat, value in patterns.items():
-        if _suffix_match(pat, cand.id) or _suffix_match(pat, cand.module_id):
+        if suffix_match(pat, cand.id) or suffix_match(pat, cand.module_id):
             return value
     return None
 
@@ -134,7 +135,7 @@ def _select(
         rx = re.compile(spec)  # validated by LoraConfig
         hit = [c for c in cands if rx.fullmatch(c.module_id) or rx.fullmatch(c.id)]
         if not hit:
-            raise ValueError(
+            raise ConfigError(
                 f"{field}={spec!r} is a regex (a single string that is not a preset) and "
                 f"fullmatches no module id; for PEFT-style suffix names pass a list, e.g. "
                 f"[{spec}]. {help_text}"
@@ -145,12 +146,12 @@ def _select(
     for item in (spec,) if isinstance(spec, str) else spec:
         if item in PRESETS:
             if item in SHORT_NAMES and item not in available:
-                raise ValueError(f"{field} names {item!r}, which this model lacks; {help_text}")
+                raise ConfigError(f"{field} names {item!r}, which this model lacks; {help_text}")
             hit = [c for c in cands if c.name in PRESETS[item]]
         else:
             hit = [c for c in cands if _is_suffix(item, c.module_id) or _is_suffix(item, c.id)]
         if not hit:
-            raise ValueError(
+            raise ConfigError(
                 f"{field} item {item!r} matches no module: list items are short names, presets "
                 f"or module names matched exactly or by '.'-suffix as in PEFT (a regex must be "
                 f"the whole value, a single string); {help_text}"
@@ -165,7 +166,7 @@ def resolve(
     """The blocks ``cfg`` adapts in a model with these params, with their rank and scale."""
     cands = candidates(params, lora_modules)
     if not cands:
-        raise ValueError(
+        raise ConfigError(
             "this model has no LoRA-targetable modules: its params hold none of "
             f"{sorted(lora_modules)} under a layer scope"
         )
@@ -188,7 +189,7 @@ def resolve(
     if layer_list is not None:
         bad = [i for i in layer_list if not 0 <= i < n_layers]
         if bad:
-            raise ValueError(
+            raise ConfigError(
                 f"lora.layers holds {bad}, out of range: this model has {n_layers} layers "
                 f"(valid indices 0..{n_layers - 1})"
             )
@@ -200,14 +201,14 @@ def resolve(
             continue
         r = _pattern_value(cfg.rank_pattern, c) or cfg.r
         if r > min(c.d_in, c.d_out):
-            raise ValueError(
+            raise ConfigError(
                 f"lora rank r={r} does not fit {c.id}: its block is {c.d_in}x{c.d_out}, so r must "
                 f"be <= {min(c.d_in, c.d_out)} (set lora.r or lora.rank_pattern lower)"
             )
         alpha = cfg.alpha_for(r, _pattern_value(cfg.alpha_pattern, c))
         out.append(Target(**dataclasses.asdict(c), r=r, alpha=alpha, scale=cfg.scale(r, alpha)))
     if not out:
-        raise ValueError(
+        raise ConfigError(
             f"lora.targets {cfg.targets!r} with lora.exclude_modules={cfg.exclude_modules!r} "
             f"and lora.layers={cfg.layers!r} selects nothing"
         )

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from lora_jax.errors import DataError, MissingFile
 from lora_jax.metrics.mteval import NIST_MODES
 from lora_jax.tasks import get_task
 
@@ -29,7 +30,7 @@ def read_hyps(path: str) -> list[str]:
     """One hypothesis per line; a final newline does not add an empty hypothesis."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"hypothesis file not found: {path}")
+        raise MissingFile(f"hypothesis file not found: {path}")
     text = p.read_text(encoding="utf-8")
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -50,7 +51,7 @@ def score_files(
     hyps = read_hyps(hyp_path)
     if len(hyps) != len(items):
         unit = "distinct MRs" if task_name == "e2e" else "examples"
-        raise ValueError(
+        raise DataError(
             f"{hyp_path} has {len(hyps)} hypothesis lines but {data_path} has {len(items)} "
             f"{unit}; write exactly one line per item, in order"
         )

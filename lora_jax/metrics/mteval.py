@@ -37,6 +37,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from lora_jax.errors import ConfigError
+
 NIST_BETA = -math.log(0.5) / math.log(1.5) ** 2
 NIST_MODES = ("pymteval", "mteval")
 
@@ -135,7 +137,7 @@ def corpus_nist(
     mode: "pymteval" (the E2E scorer's ``-p``) or "mteval" (its default Perl mode); they differ
     only in the reference length of the brevity penalty (module docstring)."""
     if mode not in NIST_MODES:
-        raise ValueError(f"unknown NIST mode {mode!r}; use one of {', '.join(NIST_MODES)}")
+        raise ConfigError(f"unknown NIST mode {mode!r}; use one of {', '.join(NIST_MODES)}")
     _check(hyps, refs)
     ref_counts: list[Counter] = [Counter() for _ in range(max_n + 1)]  # index 0: 0-gram
     hits: list[list[Counter]] = [[] for _ in range(max_n + 1)]

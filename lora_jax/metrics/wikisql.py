@@ -18,6 +18,8 @@ import re
 import sqlite3
 from dataclasses import dataclass
 
+from lora_jax.errors import DataError
+
 AGG_OPS = ("", "MAX", "MIN", "COUNT", "SUM", "AVG")  # WikiSQL lib/query.py
 COND_OPS = ("=", ">", "<", "OP")
 
@@ -145,7 +147,7 @@ def build_table(table: dict) -> sqlite3.Connection:
     header, rows = table["header"], table["rows"]
     types = table.get("types") or ["text"] * len(header)
     if len(types) != len(header):
-        raise ValueError(f"table has {len(header)} header names but {len(types)} types")
+        raise DataError(f"table has {len(header)} header names but {len(types)} types")
     conn = sqlite3.connect(":memory:")
     cols = ", ".join(f"col{i} {'real' if t == 'real' else 'text'}" for i, t in enumerate(types))
     conn.execute(f"CREATE TABLE t ({cols})")

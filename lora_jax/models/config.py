@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lora_jax.errors import ConfigError, DataError
+
 SUPPORTED_ARCHITECTURES = ("gpt2", "llama", "mistral", "qwen2")
 
 # Which HF ``model_type`` maps to which of our Flax implementations.
@@ -49,12 +51,12 @@ class ModelConfig:
         try:
             return cls._from_hf(hf)
         except KeyError as e:
-            raise ValueError(
+            raise DataError(
                 f"{origin}: lacks {e.args[0]!r}, which a {hf.get('model_type')} config needs; "
                 "use the config.json written by transformers' save_pretrained for this model"
             ) from e
         except (TypeError, ZeroDivisionError) as e:
-            raise ValueError(
+            raise DataError(
                 f"{origin}: a field has a wrong type or value ({e}); use the config.json written "
                 "by transformers' save_pretrained for this model"
             ) from e
@@ -65,7 +67,7 @@ class ModelConfig:
             raise TypeError(f"expected a JSON object, got {type(hf).__name__}")
         mt = hf.get("model_type")
         if mt not in FAMILY:
-            raise ValueError(
+            raise ConfigError(
                 f"unsupported architecture model_type={mt!r}; lora-jax implements "
                 f"{', '.join(SUPPORTED_ARCHITECTURES)}"
             )

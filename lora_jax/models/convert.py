@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from lora_jax.errors import DataError
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import as_dtype, build_model
 
@@ -70,7 +71,7 @@ def params_from_hf(
         name, transposed = hf_name(path, cfg)
         tensor = _lookup(state_dict, name)
         if tensor is None:
-            raise ValueError(
+            raise DataError(
                 f"tensor {name!r} is missing from the checkpoint (needed for "
                 f"{'/'.join(path)} of a {cfg.model_type} model); check that the checkpoint "
                 "matches its config.json"
@@ -78,7 +79,7 @@ def params_from_hf(
         used.add(name if name in state_dict else name.split(".", 1)[1])
         expected = tuple(reversed(shape)) if transposed else tuple(shape)
         if tuple(tensor.shape) != expected:
-            raise ValueError(
+            raise DataError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)} but the config implies "
                 f"{expected}; check that the checkpoint matches its config.json"
             )

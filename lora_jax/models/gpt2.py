@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.errors import ConfigError
 from lora_jax.lora.layer import LoraDense
 from lora_jax.models import attention as att
 from lora_jax.models.config import ModelConfig
@@ -44,7 +45,7 @@ ACTIVATIONS = {
 def activation(name: str):
     """The activation named by a HF config (``activation_function`` / ``hidden_act``)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.errors import ConfigError
+
 LAYER_PREFIX = {"gpt2": "h", "llama": "layers"}  # per-layer scope names: {prefix}_{i}
 
 REMAT_POLICIES = {
@@ -41,7 +43,7 @@ REMAT_POLICIES = {
 
 def check_remat(remat: str) -> None:
     if remat != "none" and remat not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {remat!r}; use none, {', '.join(REMAT_POLICIES)}")
+        raise ConfigError(f"unknown remat policy {remat!r}; use none, {', '.join(REMAT_POLICIES)}")
 
 
 def run_layers(
@@ -100,7 +102,7 @@ def stack_layers(tree: dict, prefix: str, consume: bool = False) -> dict:
     layers = [tree[f"{prefix}_{i}"] for i in idx]
     shapes = {str(jax.tree.structure(t)) for t in layers}
     if len(shapes) != 1:
-        raise ValueError(
+        raise ConfigError(
             "scan_layers needs the same adapters in every layer (lora.layers / rank_pattern "
             "that differ per layer cannot be stacked); use trainer.scan=false"
         )

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.errors import ConfigError
 from lora_jax.lora.layer import LoraDense
 from lora_jax.models import attention as att
 from lora_jax.models.config import ModelConfig
@@ -62,7 +63,7 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         smoothed = (1 - smooth) * out / factor + smooth * out
         medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
         return np.where(medium, smoothed, out).astype(np.float32)
-    raise ValueError(
+    raise ConfigError(
         f"unsupported rope_scaling type {kind!r}; lora-jax implements default, linear and llama3"
     )
 

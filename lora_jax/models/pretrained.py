@@ -13,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from lora_jax.errors import ConfigError
 from lora_jax.models import convert
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.load import load_checkpoint
@@ -45,7 +46,7 @@ def load_model(
     and the LM head stay in ``param_dtype``.
     """
     if quant not in QUANT_MODES:
-        raise ValueError(f"unknown model.quant {quant!r}; use one of {list(QUANT_MODES)}")
+        raise ConfigError(f"unknown model.quant {quant!r}; use one of {list(QUANT_MODES)}")
     hf_config, state_dict, tokenizer = load_checkpoint(source, keep_quantized=quant == "keep")
     cfg = ModelConfig.from_hf(hf_config, origin=f"{source} (config)")
     params = convert.params_from_hf(state_dict, cfg, as_dtype(param_dtype))
@@ -54,3 +55,14 @@ def load_model(
         params = quantize_params(params, quant, lora_modules(cfg))
     module = build_model(cfg, dtype, param_dtype, lora_dropout)
     return LoadedModel(module=module, params=params, config=cfg, tokenizer=tokenizer)
+
+
+def load_for_run(cfg: Any) -> LoadedModel:
+    """The frozen model as a run of ``cfg`` loads it: the precision policy's dtypes (and matmul
+    precision, lora_jax.models.precision) and ``model.quant``."""
+    from lora_jax.models import precision as precision_policy
+
+    prec = precision_policy.resolve(cfg.precision, cfg.model.dtype, cfg.model.param_dtype)
+    prec.apply()
+    return load_model(cfg.model.source, prec.compute, prec.base, cfg.lora.dropout,
+                      quant=cfg.model.get("quant", "none"))  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lora_jax.errors import ConfigError
 from lora_jax.models import attention, gpt2, llama
 from lora_jax.models.config import FAMILY, ModelConfig
 
@@ -29,7 +30,7 @@ def as_dtype(dtype: Any) -> Any:
         names = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
                  "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16}  # fmt: skip
         if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+            raise ConfigError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
         return names[dtype]
     return jnp.dtype(dtype).type
 
@@ -66,5 +67,5 @@ def lora_modules(cfg_or_family: ModelConfig | str) -> dict[str, tuple[str, ...]]
     else:
         family = FAMILY.get(cfg_or_family, cfg_or_family)
     if family not in LORA_MODULES:
-        raise ValueError(f"unknown model family {cfg_or_family!r}; known: {sorted(LORA_MODULES)}")
+        raise ConfigError(f"unknown model family {cfg_or_family!r}; known: {sorted(LORA_MODULES)}")
     return dict(LORA_MODULES[family])

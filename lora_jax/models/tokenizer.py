@@ -24,6 +24,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
+from lora_jax.errors import ConfigError, DataError, MissingFile
+
 # Pre-tokenizer splits by ``tokenizer.ggml.pre``, as transformers' GGUF_PRE_TOKENIZER_SPLITS;
 # anything else gets GPT-2's ByteLevel regex.
 _LLAMA3_SPLIT = (
@@ -111,7 +113,7 @@ class Tokenizer:
         """Render ``messages`` ([{"role", "content"}, ...]) with the model's jinja2 template, in the
         same sandboxed environment transformers uses (trim_blocks, lstrip_blocks)."""
         if not self.chat_template:
-            raise ValueError(
+            raise ConfigError(
                 "this tokenizer has no chat template (none in tokenizer_config.json / "
                 "chat_template.jinja or GGUF tokenizer.chat_template); format prompts yourself "
                 "or use an instruct model that ships one"
@@ -134,7 +136,7 @@ class Tokenizer:
         elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
             backend = _byte_level_from_files(path)
         else:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{path} has no tokenizer.json (nor vocab.json + merges.txt); save the tokenizer "
                 "with transformers' `tokenizer.save_pretrained(folder)`"
             )
@@ -158,7 +160,7 @@ class Tokenizer:
 
         eos = pick("eos_token", "eos_token_id")
         if eos is None:
-            raise ValueError(
+            raise DataError(
                 f"{path}: cannot tell the end-of-sequence token: neither tokenizer_config.json "
                 "eos_token nor config.json eos_token_id is set; add one of them"
             )
@@ -249,7 +251,7 @@ class Tokenizer:
 
         bos, eos, pad = ident("bos_token_id"), ident("eos_token_id"), ident("padding_token_id")
         if eos is None:
-            raise ValueError("GGUF metadata lacks tokenizer.ggml.eos_token_id")
+            raise DataError("GGUF metadata lacks tokenizer.ggml.eos_token_id")
         template = []
         if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
             template.append((tokens[bos], bos))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from lora_jax.errors import DataError
 from lora_jax.quant import gguf_blocks, int8, nf4
 
 QUANT_MODES = ("none", "nf4", "int8", "keep")
@@ -85,7 +86,7 @@ def from_gguf_blocks(kind: str, blocks: np.ndarray, d_in: int) -> QuantizedKerne
     """GGUF rows ``[out, bytes_per_row]`` uint8 of format ``kind`` -> kernel ``[d_in, out]``."""
     size, nbytes = gguf_blocks.FORMATS[kind]
     if d_in % size or blocks.shape[1] != d_in // size * nbytes:
-        raise ValueError(f"{kind} rows of {blocks.shape[1]} bytes do not hold {d_in} weights")
+        raise DataError(f"{kind} rows of {blocks.shape[1]} bytes do not hold {d_in} weights")
     return QuantizedKernel({"blocks": jnp.asarray(blocks)}, kind, (d_in, blocks.shape[0]))
 
 
@@ -110,7 +111,7 @@ def frozen_dot(
         stored = module.get_variable("params", "kernel")
         if isinstance(stored, QuantizedKernel):
             if tuple(stored.shape) != shape:
-                raise ValueError(
+                raise DataError(
                     f"quantized kernel of {module.name} has shape {stored.shape}, the layer "
                     f"needs {shape}; the checkpoint does not match the model config"
                 )

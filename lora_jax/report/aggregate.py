@@ -2,7 +2,7 @@
 one table (Section) per value of the split axes (alpha, scale, scaling, model, task by default,
 plus ``--split``) that vary inside a cell.
 
-A cell averages seeds only: its runs' recipes (lora_jax.record.recipe: the resolved config
+A cell averages seeds only: its runs' recipes (lora_jax.train.record.recipe: the resolved config
 without seed, names, paths and logging) must be equal. A cell whose runs differ in anything
 else (say one run at another lr) is refused with the difference listed, or with
 ``allow_mixed=True`` averaged and listed in ``Report.mixed``.

@@ -3,7 +3,7 @@ multirun, or per W&B run (its summary holds the same record, flattened with "/")
 
 A run dir with ``.hydra/overrides.yaml`` but no ``results.json`` is a failed run whose axes are
 parsed from its overrides. Target axes are canonical labels (``q,v``): a legacy preset value
-(``qv``) or a list of short names is normalized with lora_jax.naming.
+(``qv``) or a list of short names is normalized with lora_jax.lora.naming.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_jax import record
+from lora_jax.train import record
 
 # Override keys (last dotted component) that name a sweep axis under another name.
 AXIS_ALIASES = {"rank": "r", "lora_r": "r", "target": "targets", "target_modules": "targets"}
@@ -73,7 +73,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _label(value: Any) -> Any:
-    from lora_jax.naming import label_of_targets
+    from lora_jax.lora.naming import label_of_targets
 
     if isinstance(value, str):
         return label_of_targets(value)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax import record
+from lora_jax.train import record
 from lora_jax.report.aggregate import cell_differences, describe_differences
 from lora_jax.report.collect import ReportError, Run, _label, _norm
 from lora_jax.report.stats import N_BOOT, SEED, PairedResult, mean_score, paired_bootstrap

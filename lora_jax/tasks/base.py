@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lora_jax.errors import ConfigError, DataError, MissingFile
+
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -74,7 +76,7 @@ def resolve_files(
     files: Any = None
     if data_files:  # None or {}: not given
         if split not in data_files:
-            raise ValueError(
+            raise ConfigError(
                 f"data_files has no entry for split {split!r}: got keys {sorted(data_files)}"
             )
         files = data_files[split]
@@ -85,9 +87,9 @@ def resolve_files(
     files = [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
     for f in files:
         if not Path(f).is_file():
-            raise FileNotFoundError(f"{split} data file not found: {f}")
+            raise MissingFile(f"{split} data file not found: {f}")
         if Path(f).suffix.lower() not in _BUILDERS:
-            raise ValueError(f"{f}: unsupported file type; use one of {sorted(_BUILDERS)}")
+            raise ConfigError(f"{f}: unsupported file type; use one of {sorted(_BUILDERS)}")
     return files
 
 
@@ -112,13 +114,13 @@ def load_rows(
             ds = datasets.load_dataset(builder, data_files={"data": files}, split="data", **kwargs)
         except Exception as e:  # the library's message, with the file named and the fix
             cause = e.__cause__ or e
-            raise ValueError(
+            raise DataError(
                 f"{', '.join(files)}: could not be read as {builder}: {type(cause).__name__}: "
                 f"{cause}. Check that the file is valid {builder} with the task's columns"
             ) from e
     else:
         if not dataset:
-            raise ValueError("no data: set `dataset` (a hub id) or `data_dir` / `data_files`")
+            raise ConfigError("no data: set `dataset` (a hub id) or `data_dir` / `data_files`")
         ds = datasets.load_dataset(dataset, config_name, split=hub_split, revision=revision)
     return [dict(r) for r in ds]
 
@@ -132,7 +134,7 @@ def check_text_file(path: Path) -> None:
         return
     raw = path.read_bytes()
     if not raw.strip():
-        raise ValueError(
+        raise DataError(
             f"{path}: the file is empty; it needs a header/records with the task's columns"
         )
     try:
@@ -140,14 +142,14 @@ def check_text_file(path: Path) -> None:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ValueError(
+        raise DataError(
             f"{path}, line {line}, column {col}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-save the "
             "file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`"
         ) from e
     lines = text.splitlines()
     if suffix == ".csv":
         if sum(1 for ln in lines[1:] if ln.strip()) == 0:
-            raise ValueError(f"{path}: only a header line ({lines[0][:80]!r}) and no data rows")
+            raise DataError(f"{path}: only a header line ({lines[0][:80]!r}) and no data rows")
         return
     if suffix == ".json":
         try:
@@ -161,7 +163,7 @@ def check_text_file(path: Path) -> None:
         try:
             json.loads(ln)
         except ValueError as e:
-            raise ValueError(
+            raise DataError(
                 f"{path}, line {i}: not valid JSON ({e}); each line of a JSON Lines file must be "
                 "one complete JSON object: fix or remove that line"
             ) from e
@@ -173,12 +175,12 @@ def require_columns(
     """Map each logical column to the first alias present; clear error naming what exists."""
     present = set(rows[0]) if rows else set()
     if not rows:
-        raise ValueError(f"{origin}: no rows")
+        raise DataError(f"{origin}: no rows")
     found = {}
     for logical, aliases in needed.items():
         hit = next((a for a in aliases if a in present), None)
         if hit is None:
-            raise ValueError(
+            raise DataError(
                 f"{origin}: expected a column named one of {list(aliases)} for {logical}; "
                 f"found columns {sorted(present)}"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lora_jax.errors import DataError
 from lora_jax.metrics.e2e import e2e_scores
 from lora_jax.tasks.base import (
     EvalItem,
@@ -44,9 +45,7 @@ class E2ETask(RowSource):
             mr, ref = str(row[cols["mr"]] or "").strip(), str(row[cols["ref"]] or "").strip()
             if not mr or not ref:
                 what = "meaning representation" if not mr else "reference"
-                raise ValueError(
-                    f"{origin}: row {i + 2} has an empty {what}; fix or drop that line"
-                )
+                raise DataError(f"{origin}: row {i + 2} has an empty {what}; fix or drop that line")
             out.append(Example(source=mr, target=ref, key=mr))
         return out
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lora_jax.errors import ConfigError, DataError
 from lora_jax.tasks.base import Example
 
 FORMATS = ("plain", "chat")
@@ -32,11 +33,11 @@ FORMATS = ("plain", "chat")
 
 def _check_fmt(tok: Any, fmt: str) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"format must be one of {FORMATS}, got {fmt!r}")
     if tok.eos_id is None:
-        raise ValueError("the tokenizer has no EOS token id; the formats end each part with EOS")
+        raise ConfigError("the tokenizer has no EOS token id; the formats end each part with EOS")
     if fmt == "chat" and not tok.has_chat_template:
-        raise ValueError(
+        raise ConfigError(
             "format='chat' needs a tokenizer with a chat template (instruct model); "
             "use format='plain' for base models"
         )
@@ -54,7 +55,7 @@ def wants_bos(tok: Any, add_bos: bool | None = None) -> bool:
     if add_bos is None:
         add_bos = bool(getattr(tok, "add_bos", False))
     if add_bos and tok.bos_id is None:
-        raise ValueError("task.add_bos=true but the tokenizer has no BOS token; set it to null")
+        raise ConfigError("task.add_bos=true but the tokenizer has no BOS token; set it to null")
     return add_bos
 
 
@@ -86,7 +87,7 @@ def _completion_ids(tok: Any, ex: Example, fmt: str, task: Any | None) -> list[i
         [user, {"role": "assistant", "content": ex.target}], add_generation_prompt=False
     )
     if not full.startswith(prefix):
-        raise ValueError(
+        raise DataError(
             "the chat template's rendering with the answer does not start with its "
             "generation prompt; cannot separate prompt from target for the loss mask"
         )
@@ -108,7 +109,7 @@ def encode_example(
     if the completion alone exceeds max_len it is cut from the right.
     """
     if max_len < 2:
-        raise ValueError(f"max_len must be >= 2, got {max_len}")
+        raise ConfigError(f"max_len must be >= 2, got {max_len}")
     prefix = encode_prompt(tok, ex.source, fmt, task, add_bos)
     completion = _completion_ids(tok, ex, fmt, task)
     overflow = len(prefix) + len(completion) - max_len

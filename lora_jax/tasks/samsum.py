@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lora_jax.errors import DataError
 from lora_jax.metrics.rouge import ROUGE_FLAGS, rouge_scores
 from lora_jax.tasks.base import (
     EvalItem,
@@ -45,7 +46,7 @@ class SAMSumTask(RowSource):
             summary = " ".join(str(row["summary"] or "").split())
             if not dialogue or not summary:
                 what = "dialogue" if not dialogue else "summary"
-                raise ValueError(f"{origin}: example {i} has an empty {what}; fix or drop it")
+                raise DataError(f"{origin}: example {i} has an empty {what}; fix or drop it")
             key = str(row.get("id", i))
             out.append(Example(dialogue, summary, key=key, extra={"id": key}))
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lora_jax.errors import DataError
 from lora_jax.metrics.wikisql import query_from_hub, query_to_text, wikisql_scores
 from lora_jax.tasks.base import (
     EvalItem,
@@ -46,12 +47,12 @@ class WikiSQLTask(RowSource):
         for i, row in enumerate(rows):
             table, header = row["table"], list(row["table"].get("header") or [])
             if not header or "rows" not in table:
-                raise ValueError(f"{origin}: example {i} has a table without header/rows")
+                raise DataError(f"{origin}: example {i} has a table without header/rows")
             try:
                 query = query_from_hub(row["sql"])
                 target = query_to_text(query, header)
             except (KeyError, TypeError, ValueError) as err:
-                raise ValueError(
+                raise DataError(
                     f"{origin}: example {i} has a malformed sql field ({err}); expected "
                     "{sel, agg, conds: {column_index, operator_index, condition}}"
                 ) from err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_jax.bench.__main__ import main
+from lora_jax.bench.cli import main
 
 
 def test_bench_tiny_runs_every_case(capsys):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import lora_jax.lora as L
-from lora_jax.step import make_train_step
+from lora_jax.train.step import make_train_step
 from tests.lora import toy
 
 RNG = jax.random.PRNGKey(0)

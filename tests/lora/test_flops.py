@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 import lora_jax.lora as L
-from lora_jax.step import compiled_flops, make_full_finetune_step, make_train_step
+from lora_jax.train.step import compiled_flops, make_full_finetune_step, make_train_step
 from tests.lora import toy
 
 

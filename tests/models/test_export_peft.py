@@ -147,7 +147,7 @@ def test_peft_made_adapter_imports_with_peft_logits(kind, targets, make_tiny_hf_
 
 @pytest.mark.parametrize("kind", ["llama_gqa", "gpt2"])
 def test_merged_hf_folder_loads_in_transformers(kind, make_tiny_hf_model, tmp_path):
-    from lora_jax.run_adapter import load_base
+    from lora_jax.run.run_adapter import load_base
 
     path = make_tiny_hf_model(kind)
     lm, hf_config = load_base(str(path))

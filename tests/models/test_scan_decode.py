@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from lora_jax.decoding import generate
-from lora_jax.evaluate import decode_variables
+from lora_jax.eval.decoding import generate
+from lora_jax.eval.evaluate import decode_variables
 from lora_jax.lora import merge
 from lora_jax.models.layers import LayerViews, stack_layers, unstack_layers
 from lora_jax.models.registry import lora_modules

@@ -17,7 +17,7 @@ import lora_jax.lora as L
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.layers import stack_layers, unstack_layers
 from lora_jax.models.registry import build_model, lora_modules
-from lora_jax.step import make_loss, make_train_step
+from lora_jax.train.step import make_loss, make_train_step
 
 GPT2 = ModelConfig(
     model_type="gpt2", vocab_size=61, hidden_size=16, num_layers=2, num_heads=2, num_kv_heads=2,

@@ -1,4 +1,4 @@
-"""The grouping rule of hydra/launcher=packed (lora_jax.packed.group) on composed configs."""
+"""The grouping rule of hydra/launcher=packed (lora_jax.run.packs) on composed configs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_jax.packed.group import make_packs
+from lora_jax.run.packs import make_packs
 from tests.train.app import compose, tiny_overrides
 
 

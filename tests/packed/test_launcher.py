@@ -108,7 +108,7 @@ def test_a_packed_job_equals_its_solo_run(packed_sweep, tiny_e2e_gpt2_dir, tmp_p
 
 
 def test_evaluate_cli_scores_saved_adapters_like_their_runs(packed_sweep, tmp_path):
-    from lora_jax.packed.evaluate import main
+    from lora_jax.run.evaluate import main
 
     ok = sorted(
         p.parent

@@ -1,5 +1,5 @@
 """``hydra.launcher.pack_size=auto``: the pack size comes from XLA's memory analysis of the
-compiled packed step (lora_jax.packed.memory), on the tiny GPT-2; the search over K on a
+compiled packed step (lora_jax.run.pack_memory), on the tiny GPT-2; the search over K on a
 stand-in byte count; the launcher's setting is checked."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from hydra_plugins.lora_jax_packed.packed_launcher import PackedLauncher
-from lora_jax.packed.group import make_packs
-from lora_jax.packed.memory import auto_packs, choose_pack_size, group_step_memory
+from lora_jax.run.packs import make_packs
+from lora_jax.run.pack_memory import auto_packs, choose_pack_size, group_step_memory
 from tests.train.app import compose, tiny_overrides
 
 # q,v only: the smallest program to compile three times

@@ -4,7 +4,7 @@ the third job's learning rate makes it diverge at step 3, so it fails at the log
 step 4) and the same pack stopped after 2 steps (``trainer.stop_after``):
 
 - jobs of it resumed in another pack end with the uninterrupted pack's losses and predictions;
-- a stopped job's run dir resumed ALONE (``lora_jax.train.run`` with the job's overrides and
+- a stopped job's run dir resumed ALONE (``lora_jax.run.app.run`` with the job's overrides and
   ``trainer.resume=true``: what ``python -m lora_jax.train ... output_dir=<run dir>`` runs)
   ends with the uninterrupted packed job's losses, adapter and predictions (fp32, CPU), and a
   solo resume with another config is refused, naming the key;
@@ -19,10 +19,10 @@ import shutil
 import numpy as np
 import pytest
 
-from lora_jax.packed import runner
-from lora_jax.packed.runner import run_pack
-from lora_jax.runguard import RunDirLock
-from lora_jax.tracking import Tracker
+
+from lora_jax.run.jobs import run_jobs as run_pack
+from lora_jax.run.guard import RunDirLock
+from lora_jax.run.tracking import Tracker
 from tests.train.app import compose, load_final_lora, run_in_process, tiny_overrides
 from tests.train.test_run import read_wandb_records
 
@@ -54,6 +54,8 @@ def packs(tiny_e2e_gpt2_dir, tmp_path_factory):
     """(root, full records, W&B/step events of the full pack); ``root/{full,part}/{0,1,2}``."""
     root = tmp_path_factory.mktemp("packs")
     events: list[tuple] = []
+    from lora_jax.train import adapters as runner
+
     real_step = runner.make_packed_step
 
     def make_step(*a, **kw):  # records each step call (its step index) among the W&B calls
@@ -80,7 +82,9 @@ def packs(tiny_e2e_gpt2_dir, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runner, "make_packed_step", make_step)
-        mp.setattr(runner, "Tracker", Recording)
+        from lora_jax.run import jobs as run_jobs_module
+
+        mp.setattr(run_jobs_module, "Tracker", Recording)
         for k, v in {
             "WANDB_MODE": "offline",
             "WANDB_SILENT": "true",
@@ -171,7 +175,7 @@ def test_stopped_jobs_resume_in_another_pack(packs, tiny_e2e_gpt2_dir, tmp_path)
 def test_a_stopped_packed_job_resumes_alone(packs, tiny_e2e_gpt2_dir, tmp_path):
     import jax
 
-    from lora_jax.checkpoint import CheckpointError
+    from lora_jax.train.checkpoint import CheckpointError
 
     root, full, _ = packs
     i = 1  # all linear modules, r = 4 (padded to nothing: the pack's largest r), dropout on

@@ -1,6 +1,6 @@
-"""A pack slot as the solo run's state and back (lora_jax.packed.state): after the same
+"""A pack slot as the solo run's state and back (lora_jax.train.pack_state): after the same
 gradients, job k's (lora, opt_state) cut out of the pack equals, in structure and values, what
-the solo optimizer (lora_jax.optimizer.build_optimizer) reaches on the job's own tree, for
+the solo optimizer (lora_jax.train.optimizer.build_optimizer) reaches on the job's own tree, for
 jobs with and without gradient clipping (the pack always chains a clip), with different ranks
 and targets (padding and absent slots cut away), with and without gradient accumulation
 (MultiSteps' accumulated gradients are LoRA-shaped too). Put back into a fresh pack state
@@ -18,10 +18,10 @@ import numpy as np
 import optax
 import pytest
 
-from lora_jax.optimizer import build_optimizer
-from lora_jax.packed.stack import stack, unstack
-from lora_jax.packed.state import job_state, stack_states
-from lora_jax.packed.step import init_opt_state, job_hyperparams, job_optimizer
+from lora_jax.train.optimizer import build_optimizer
+from lora_jax.lora.stack import stack, unstack
+from lora_jax.train.pack_state import job_state, stack_states
+from lora_jax.train.packed_step import init_opt_state, job_hyperparams, job_optimizer
 
 D = 6
 
@@ -52,7 +52,7 @@ def test_job_state_is_the_solo_optimizer_state(accum):
     hp = job_hyperparams(cfgs, [lr for _, lr in solo], total)
     opt_state = init_opt_state(stacked, hp, accum)
 
-    def pack_update(lora, opt, m, h, g):  # the packed step's update (lora_jax.packed.step)
+    def pack_update(lora, opt, m, h, g):  # the packed step's update (lora_jax.train.packed_step)
         updates, new_opt = job_optimizer(h, lora, accum).update(g, opt, lora)
         updates = jax.tree.map(lambda u, mk: jnp.where(mk > 0, u, 0.0), updates, m)
         return optax.apply_updates(lora, updates), new_opt

@@ -1,4 +1,4 @@
-"""The packed step against the solo step (lora_jax.step + lora_jax.optimizer), job by job.
+"""The packed step against the solo step (lora_jax.train.step + lora_jax.train.optimizer), job by job.
 
 fp32 on CPU with ``jax.default_matmul_precision("highest")``. The pack mixes r ∈ {1, 4, 8},
 targets {q,v / attn / all}, two seeds, two α, two learning rates, warmup, clipping, weight
@@ -32,15 +32,15 @@ from lora_jax.lora import LoraConfig, iter_adapters
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
-from lora_jax.optimizer import build_optimizer
-from lora_jax.packed.stack import _find, stack, unstack
-from lora_jax.packed.step import (
+from lora_jax.train.optimizer import build_optimizer
+from lora_jax.lora.stack import find_slot, stack, unstack
+from lora_jax.train.packed_step import (
     init_opt_state,
     job_hyperparams,
     make_packed_grads,
     make_packed_step,
 )
-from lora_jax.step import make_loss, make_train_step
+from lora_jax.train.step import make_loss, make_train_step
 
 STEPS = 4
 BASE_OPT = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
@@ -151,7 +151,7 @@ def _assert_tree_close(got, want, tol=1e-3, floor=1e-3):
         (p, n) for p, n, _ in iter_adapters(want)
     )
     for path, name, g in iter_adapters(got):
-        w = _find(want, path, name)
+        w = find_slot(want, path, name)
         for leaf in ("a", "b", "scale"):
             x, y = np.asarray(g[leaf]), np.asarray(w[leaf])
             atol = tol * max(float(np.abs(y).max()), floor)
@@ -179,7 +179,7 @@ def test_pack_equals_solo_runs(tiny_e2e_gpt2_dir, dropout, jobs):
         *[s for s in jax.tree.leaves(opt, is_leaf=_is_moment) if _is_moment(s)],
     ]:
         for path, name, ad in iter_adapters(leaf_tree):
-            m = _find(mask, path, name)
+            m = find_slot(mask, path, name)
             for leaf in ("a", "b"):
                 pad = np.asarray(ad[leaf])[np.asarray(m[leaf]) == 0]
                 assert pad.size and not pad.any(), f"{path}/{name}/{leaf}"
@@ -213,7 +213,7 @@ def _share_beyond(got, want, tol: float) -> float:
     n = bad = 0
     for path, name, g in iter_adapters(got):
         for leaf in ("a", "b"):
-            x, y = np.asarray(g[leaf]), np.asarray(_find(want, path, name)[leaf])
+            x, y = np.asarray(g[leaf]), np.asarray(find_slot(want, path, name)[leaf])
             bad += int((np.abs(x - y) > tol * np.abs(y).max()).sum())
             n += y.size
     return bad / n

@@ -17,7 +17,7 @@ from lora_jax.lora import init as lora_init
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
 from lora_jax.quant import frozen_bytes, is_quantized, quantize_params
-from lora_jax.step import lm_loss, make_train_step
+from lora_jax.train.step import lm_loss, make_train_step
 
 CFG = ModelConfig(model_type="llama", vocab_size=128, hidden_size=128, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=32, intermediate_size=256, max_position_embeddings=64)  # fmt: skip

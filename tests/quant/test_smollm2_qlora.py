@@ -15,7 +15,7 @@ from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.quant import frozen_bytes, is_quantized
-from lora_jax.step import make_train_step
+from lora_jax.train.step import make_train_step
 from tests.models.conftest_gguf import smollm2_gguf  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ def _lora(run_dir, overrides: list[str]) -> dict:
     """The final LoRA tree from the run's orbax checkpoint (restored onto one device), numpy."""
     from omegaconf import OmegaConf
 
-    from lora_jax.checkpoint import load_adapter
+    from lora_jax.train.checkpoint import load_adapter
     from lora_jax.lora import LoraConfig
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_model
@@ -169,7 +169,7 @@ def test_two_processes_train_like_one_device_through_a_sigterm(tiny_e2e_gpt2_dir
     ],
 )
 def test_incomplete_launch_env_is_refused(monkeypatch, env, message):
-    from lora_jax import sharding
+    from lora_jax.train import sharding
 
     for key in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
                 "KUBERNETES_SERVICE_HOST", "OMPI_MCA_orte_hnp_uri", "PMIX_SERVER_URI"):  # fmt: skip

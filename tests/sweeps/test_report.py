@@ -15,7 +15,7 @@ import pytest
 from lora_jax import report as rep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL = "q,k,v,o,gate,up,down"  # target labels (lora_jax.naming)
+ALL = "q,k,v,o,gate,up,down"  # target labels (lora_jax.lora.naming)
 
 
 def _write_run(

@@ -120,7 +120,7 @@ def _llama_style_folder(out, add_bos_token=None):
 
 def _decode_prompts(monkeypatch, tok, add_bos=None):
     """The prompt ids evaluate.decode_items hands to generate (generate itself stubbed)."""
-    import lora_jax.evaluate as ev
+    import lora_jax.eval.evaluate as ev
     from lora_jax.tasks.base import EvalItem
 
     seen = []

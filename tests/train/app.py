@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = str(ROOT / "conf")  # the checkout's tree (lora_jax.schema.conf_dir() in the app)
+CONF_DIR = str(ROOT / "conf")  # the checkout's tree (lora_jax.run.schema.conf_dir() in the app)
 
 
 def tiny_overrides(model_dir: Path, *extra: str) -> list[str]:
@@ -42,7 +42,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lora_jax import schema as config_schema
+    from lora_jax.run import schema as config_schema
 
     config_schema.register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -50,8 +50,8 @@ def compose(overrides: list[str]):
 
 
 def run_in_process(overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """``lora_jax.train.run`` on the composed config (what one Hydra job does)."""
-    from lora_jax import train
+    """``lora_jax.run.app.run`` on the composed config (what one Hydra job does)."""
+    from lora_jax.run import app as train
 
     return train.run(compose(overrides), run_dir)
 
@@ -95,7 +95,7 @@ def load_final_lora(run_dir: Path, model_dir: Path, overrides: list[str]) -> dic
     import jax
     from omegaconf import OmegaConf
 
-    from lora_jax.checkpoint import load_adapter
+    from lora_jax.train.checkpoint import load_adapter
     from lora_jax.lora import LoraConfig
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_model

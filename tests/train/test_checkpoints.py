@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.checkpoint import (
+from lora_jax.train.checkpoint import (
     AdapterMismatch,
     Checkpointer,
     CheckpointError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_jax.config_check import ConfigError
+from lora_jax.train.checks import ConfigError
 from tests.train.app import compose, read_results, run_app, run_in_process, tiny_overrides
 
 BAD = {  # override → the message it must give
@@ -90,7 +90,7 @@ def test_cli_dict_options_and_errors_without_traceback(tiny_e2e_gpt2_dir, tmp_pa
 
 
 def test_a_run_dir_in_use_is_refused(tiny_e2e_gpt2_dir, tmp_path):
-    from lora_jax.runguard import RunDirInUse, RunDirLock
+    from lora_jax.run.guard import RunDirInUse, RunDirLock
 
     with RunDirLock(tmp_path), pytest.raises(RunDirInUse, match="in use by another process"):
         run_in_process(tiny_overrides(tiny_e2e_gpt2_dir), tmp_path)

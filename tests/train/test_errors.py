@@ -80,7 +80,7 @@ def test_missing_data_dir(tiny_e2e_gpt2_dir, tmp_path):
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_e2e_gpt2_dir, tmp_path):
-    from lora_jax.train import NonFiniteLoss
+    from lora_jax.run.app import NonFiniteLoss
 
     ov = tiny_overrides(
         tiny_e2e_gpt2_dir, "optim.lr=1e30", "optim.warmup_steps=0", "optim.schedule=constant",

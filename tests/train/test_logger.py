@@ -29,7 +29,7 @@ def server(request):
 
 @pytest.mark.parametrize("server", ["refuse", "hang"], indirect=True)
 def test_unreachable_server_falls_back_to_offline(server, tmp_path, monkeypatch, capsys):
-    from lora_jax.tracking import Tracker
+    from lora_jax.run.tracking import Tracker
 
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server}")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)

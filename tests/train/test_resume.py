@@ -67,7 +67,7 @@ def test_stop_after_then_resume_equals_uninterrupted(uninterrupted, tiny_e2e_gpt
     skips it (saying why), continues from 10 and ends equal to the uninterrupted run, with the
     whole loss record. Refused on the way: a new run in the dir, a resume with another config;
     then resuming the finished run is a no-op that keeps results.json."""
-    from lora_jax.checkpoint import CheckpointError
+    from lora_jax.train.checkpoint import CheckpointError
 
     ref_dir, ref = uninterrupted
     ov = _overrides(tiny_e2e_gpt2_dir)
@@ -200,8 +200,22 @@ def test_sigterm_checkpoints_then_resume(uninterrupted, tiny_e2e_gpt2_dir, tmp_p
     assert proc.returncode == 1 and "already holds checkpoints" in out and "Traceback" not in out
     assert {p: (tmp_path / p).read_bytes() for p in kept} == kept
 
-    res = run_in_process([*ov, "trainer.resume=true"], tmp_path)
+    # Resumed by its run dir alone: the saved config, no original override repeated.
+    proc = run_app([f"resume_from={tmp_path}"], timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = read_results(tmp_path)
     assert res["status"] == "ok" and res["run"]["resumed_at"] == stopped
     _assert_same(ref, load_final_lora(tmp_path, tiny_e2e_gpt2_dir, ov))
     ref_losses = read_results(ref_dir)["metrics"]["train"]["losses"]
     assert [s for s, _ in res["metrics"]["train"]["losses"]] == [s for s, _ in ref_losses]
+
+    # Re-evaluated by its run dir: the run's own test metrics, decoded again.
+    ev = subprocess.run([sys.executable, "-m", "lora_jax.evaluate", str(tmp_path)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=180,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-2000:]
+    again = read_results(tmp_path / "reeval")
+    assert again["metrics"]["eval"] == res["metrics"]["eval"]
+    assert (tmp_path / "reeval" / "predictions_eval.txt").read_text() == (
+        tmp_path / "predictions_eval.txt"
+    ).read_text()

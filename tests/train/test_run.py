@@ -38,7 +38,7 @@ def test_results_json_has_every_field(trained):
     import flax
     import jax
 
-    assert res["run"]["packages"]["jax"] == jax.__version__  # lora_jax.env_info
+    assert res["run"]["packages"]["jax"] == jax.__version__  # lora_jax.train.env_info
     assert res["run"]["packages"]["flax"] == flax.__version__
     # what it ran on, and the precision policy resolved for the CPU (auto: fp32)
     assert res["run"]["backend"] == "cpu" and res["run"]["device_count"] == jax.device_count()

@@ -1,4 +1,4 @@
-"""Validation loss (lora_jax/validation.py over lora_jax.step.make_eval_loss) equals a hand
+"""Validation loss (lora_jax/validation.py over lora_jax.train.step.make_eval_loss) equals a hand
 computation: each held-out example alone (no padding, batch of one), log-softmax in numpy, NLL
 summed over its target tokens, divided by the total number of target tokens. Examples of
 different lengths in padded batches with a partial last batch check the masks and the token
@@ -16,8 +16,8 @@ def test_validation_loss_equals_hand_computation(tiny_e2e_gpt2_dir):
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_model
     from lora_jax.models.registry import lora_modules
-    from lora_jax.step import make_eval_loss
-    from lora_jax.validation import validation_batches, validation_loss
+    from lora_jax.train.step import make_eval_loss
+    from lora_jax.train.validation import validation_batches, validation_loss
 
     with jax.default_matmul_precision("highest"):
         lm = load_model(str(tiny_e2e_gpt2_dir))

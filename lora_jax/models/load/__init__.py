@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from lora_jax.errors import ConfigError, MissingFile
 from lora_jax.models.load.gguf_file import load_gguf
-from lora_jax.models.load.hub import download, looks_like_repo_id
+from lora_jax.models.load.hub import LOCAL_FILE_ENV, download, looks_like_repo_id
 from lora_jax.models.load.safetensors_dir import (
     PICKLE_SUFFIXES,
     load_safetensors_dir,
@@ -37,11 +38,13 @@ def load_checkpoint(
     (GGUF only) keeps the block Linear weights packed (``model.quant=keep``).
     """
     src = str(source)
+    if not src.strip():  # Path("") is ".": never load the current directory by accident
+        raise ConfigError(_empty_source_message())
     path = Path(src).expanduser()
     if path.suffix in PICKLE_SUFFIXES:
         raise pickle_refusal(path)
     if keep_quantized and path.suffix != ".gguf":
-        raise ValueError(
+        raise ConfigError(
             f"model.quant=keep keeps a GGUF file's quantized blocks, but {src!r} is not a .gguf "
             "file; use model.quant=nf4 or int8 to quantize other checkpoints at load"
         )
@@ -51,13 +54,24 @@ def load_checkpoint(
     if path.is_dir():
         return _from_folder(path)
     if path.exists():
-        raise ValueError(
+        raise ConfigError(
             f"{path} is a file lora-jax cannot load; pass a save_pretrained folder "
             "(config.json + safetensors), a .gguf file, or a Hub id 'org/name'"
         )
     if looks_like_repo_id(src):
         return _from_folder(download(src, revision))
-    raise FileNotFoundError(f"{src!r} is neither an existing path nor a Hub id 'org/name'")
+    raise MissingFile(f"{src!r} is neither an existing path nor a Hub id 'org/name'")
+
+
+def _empty_source_message() -> str:
+    envs = "; ".join(
+        f"{env} (set it to /path/to.gguf, or unset it to load {hub_id} from the Hub)"
+        for hub_id, env in LOCAL_FILE_ENV.items()
+    )
+    return (
+        "model.source is empty: give a save_pretrained folder, a .gguf file or a Hub id "
+        f"'org/name' (model.source=...). An empty environment variable gives this too: {envs}"
+    )
 
 
 def _from_folder(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], Tokenizer | None]:

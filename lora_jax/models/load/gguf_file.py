@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from lora_jax.errors import ConfigError, DataError, MissingFile
+
 # llama.cpp tensor name (after "blk.N.") -> HF module name (after "model.layers.N.")
 _LLAMA_BLOCK = {
     "attn_q": "self_attn.q_proj",
@@ -87,14 +89,14 @@ def reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """
     d = w.shape[0]
     if d % (2 * n_head):
-        raise ValueError(f"cannot un-permute {w.shape} rows over {n_head} heads (odd head_dim?)")
+        raise DataError(f"cannot un-permute {w.shape} rows over {n_head} heads (odd head_dim?)")
     return w.reshape(n_head, d // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _arch_of(meta: dict[str, Any], path: Path) -> tuple[str, str]:
     arch = meta.get("general.architecture")
     if arch not in _ARCH:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: GGUF architecture {arch!r} is not supported; lora-jax reads "
             f"{', '.join(sorted(_ARCH))} GGUF files"
         )
@@ -117,7 +119,7 @@ def config_from_metadata(
         full = f"{arch}.{key}"
         if full not in meta:
             if required and default is None:
-                raise ValueError(f"{path}: GGUF metadata lacks {full!r}, needed for the config")
+                raise DataError(f"{path}: GGUF metadata lacks {full!r}, needed for the config")
             return default
         return meta[full]
 
@@ -192,7 +194,7 @@ def hf_name(gguf_name: str, arch: str) -> str:
             return f"{prefix}.{layer}.{block_map[part]}.{kind}"
     elif (m := _TOP_NAME.match(gguf_name)) and m.group(1) in top_map:
         return f"{top_map[m.group(1)]}.{m.group(2)}"
-    raise ValueError(
+    raise DataError(
         f"GGUF tensor {gguf_name!r} has no transformers equivalent for architecture {arch!r}; "
         f"known block tensors: {sorted(block_map)}, top-level: {sorted(top_map)}"
     )
@@ -240,19 +242,19 @@ def load_gguf(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
+        raise MissingFile(f"GGUF file {path} does not exist")
     try:
         reader = GGUFReader(str(path))
         meta = read_metadata(reader)
     except Exception as e:  # gguf raises bare ValueError/IndexError/struct errors
-        raise ValueError(
+        raise DataError(
             f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); it is truncated, "
             "corrupt or not GGUF: download it again"
         ) from e
     size = path.stat().st_size
     for t in reader.tensors:
         if int(t.data_offset) + int(t.n_bytes) > size:
-            raise ValueError(
+            raise DataError(
                 f"{path}: truncated: tensor {t.name!r} needs bytes up to "
                 f"{int(t.data_offset) + int(t.n_bytes):,} but the file has {size:,}; download it again"
             )

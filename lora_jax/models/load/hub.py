@@ -11,6 +11,8 @@ import os
 import re
 from pathlib import Path
 
+from lora_jax.errors import MissingFile
+
 ALLOW_PATTERNS = [
     "config.json",
     "generation_config.json",
@@ -26,6 +28,18 @@ ALLOW_PATTERNS = [
 ]
 
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+# Hub ids whose config (conf/model/*.yaml) reads a local file from an environment variable
+# first, e.g. ``source: ${oc.env:LORA_JAX_SMOLLM2_GGUF,HuggingFaceTB/SmolLM2-135M-Instruct}``:
+# an error that cannot fetch one names that variable as the way to point the run at a file.
+LOCAL_FILE_ENV = {"HuggingFaceTB/SmolLM2-135M-Instruct": "LORA_JAX_SMOLLM2_GGUF"}
+
+
+def local_hint(repo_id: str) -> str:
+    """How to load a local checkpoint instead of ``repo_id`` (the end of a sentence, for errors)."""
+    env = LOCAL_FILE_ENV.get(repo_id)
+    via_env = f"{env}=/path/to.gguf or " if env else ""
+    return f"use a local checkpoint instead: set {via_env}model.source=/path/to/folder-or-file.gguf"
 
 
 def looks_like_repo_id(source: str) -> bool:
@@ -53,13 +67,14 @@ def download(repo_id: str, revision: str | None = None, offline: bool | None = N
     except LocalEntryNotFoundError as e:
         rev = f" at revision {revision!r}" if revision else ""
         if offline:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{repo_id!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. "
                 "Download it once while online (unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a "
-                "cache that has it, or pass a local folder / .gguf path instead."
+                f"cache that has it, or {local_hint(repo_id)}."
             ) from e
-        raise FileNotFoundError(
-            f"could not fetch {repo_id!r}{rev} from the Hugging Face Hub and it is not cached: "
-            f"{e}. Check the network, or pass a local folder / .gguf path instead."
+        why = " ".join(str(e).split()).rstrip(".")  # one line: huggingface_hub's has several
+        raise MissingFile(
+            f"could not fetch {repo_id!r}{rev} from the Hugging Face Hub and it is not cached "
+            f"({why}). Check the network, or {local_hint(repo_id)}."
         ) from e
     return Path(path)

@@ -18,6 +18,8 @@ import ml_dtypes  # noqa: F401  (registers bfloat16/float8 with numpy for safete
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from lora_jax.errors import ConfigError, DataError, MissingFile
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -30,9 +32,9 @@ _DROP = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|\.rotary_emb\.inv_freq)$"
 _GPT2_BARE = re.compile(r"^(h\.\d+\.|wte\.|wpe\.|ln_f\.)")
 
 
-def pickle_refusal(path: Path) -> ValueError:
+def pickle_refusal(path: Path) -> ConfigError:
     """The error for a pickle checkpoint: we never unpickle (arbitrary code execution)."""
-    return ValueError(
+    return ConfigError(
         f"{path} is a pickle checkpoint ({path.suffix}); lora-jax only reads safetensors and GGUF "
         "and never unpickles. Convert it once with transformers: "
         "`AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)` "
@@ -44,7 +46,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     """``config.json`` as a dict; clear error when it is missing."""
     path = folder / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{folder} has no config.json; a checkpoint folder needs config.json plus "
             f"{SINGLE_FILE} (or {INDEX_FILE} and its shards), as written by transformers' "
             "save_pretrained"
@@ -53,7 +55,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         where = f", line {e.lineno}, column {e.colno}" if hasattr(e, "lineno") else ""
-        raise ValueError(
+        raise DataError(
             f"{path}{where}: not valid JSON ({e}); restore the file written by save_pretrained "
             "(or download the checkpoint again)"
         ) from e
@@ -63,7 +65,7 @@ def _read_file(path: Path, names: list[str] | None = None) -> dict[str, np.ndarr
     try:
         return _read_tensors(path, names)
     except SafetensorError as e:
-        raise ValueError(
+        raise DataError(
             f"{path}: not a readable safetensors file ({e}); it is truncated or corrupt: "
             "download or save it again"
         ) from e
@@ -75,7 +77,7 @@ def _read_tensors(path: Path, names: list[str] | None) -> dict[str, np.ndarray]:
         have = set(f.keys())
         missing = [k for k in keys if k not in have]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"shard {path.name} lacks tensor(s) {missing[:5]} that {INDEX_FILE} places there; "
                 "the checkpoint is partial or corrupt: download it again"
             )
@@ -86,18 +88,18 @@ def _read_sharded(folder: Path) -> dict[str, np.ndarray]:
     try:
         index = json.loads((folder / INDEX_FILE).read_text())
     except ValueError as e:
-        raise ValueError(
+        raise DataError(
             f"{folder / INDEX_FILE}: not valid JSON ({e}); download the checkpoint again"
         ) from e
     weight_map: dict[str, str] = index.get("weight_map") or {}
     if not weight_map:
-        raise ValueError(f"{folder / INDEX_FILE} has an empty weight_map")
+        raise DataError(f"{folder / INDEX_FILE} has an empty weight_map")
     by_shard: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, []).append(name)
     missing = sorted(s for s in by_shard if not (folder / s).is_file())
     if missing:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{folder} is missing shard file(s) {missing} listed in {INDEX_FILE} "
             f"(they hold e.g. {by_shard[missing[0]][0]!r}); download the checkpoint again"
         )
@@ -123,7 +125,7 @@ def load_safetensors_dir(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
     """``(hf_config, state)`` from a save_pretrained folder; tensors keep their file dtype."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory")
+        raise MissingFile(f"{folder} is not a directory")
     config = read_config(folder)
     if (folder / INDEX_FILE).is_file():
         state = _read_sharded(folder)
@@ -137,7 +139,7 @@ def load_safetensors_dir(folder: str | Path) -> tuple[dict[str, Any], dict[str, 
         if len(others) == 1:  # a lone, differently named safetensors file
             state = _read_file(folder / others[0])
         else:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}"
                 + (f" (found {others}: add the index file)" if others else "")
                 + ". A Hub repo with only pytorch_model.bin has no safetensors to fetch: convert it "

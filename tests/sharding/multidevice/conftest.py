@@ -11,7 +11,7 @@ from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
-from lora_jax.optimizer import build_optimizer
+from lora_jax.train.optimizer import build_optimizer
 
 # Every size divisible by 8 where fsdp=8 should shard, so the 1/N memory check is exact
 # except for the norm scales (d=64 divides too).

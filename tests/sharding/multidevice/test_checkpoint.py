@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lora_jax import sharding
-from lora_jax.checkpoint import Checkpointer
+from lora_jax.train import sharding
+from lora_jax.train.checkpoint import Checkpointer
 
 
 def test_restore_onto_another_mesh(setup, tmp_path):

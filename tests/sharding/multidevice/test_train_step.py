@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from lora_jax import sharding
-from lora_jax.step import make_train_step
+from lora_jax.train import sharding
+from lora_jax.train.step import make_train_step
 from tests.sharding.multidevice.conftest import OPTIM
 
 MESHES = {"data": (8, 1), "fsdp": (1, 8), "mixed": (2, 4)}
