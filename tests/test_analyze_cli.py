@@ -14,11 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from lora_jax.analysis import subspace as an
-from lora_jax.train.checkpoint import Checkpointer
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
+from lora_jax.train.checkpoint import Checkpointer
 from tests.train.app import compose, tiny_overrides
 
 

@@ -99,7 +99,9 @@ def test_bad_policy_value_names_the_choices():
     e = dict(os.environ, LORA_JAX_HOST_MALLOC="bogus")
     out = subprocess.run(
         [sys.executable, "-c", "import lora_jax.run.entry as e; e.apply_host_malloc_policy()"],
-        env=e, capture_output=True, text=True,
+        env=e,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode != 0
     assert "LORA_JAX_HOST_MALLOC='bogus'" in out.stderr and "'system'" in out.stderr

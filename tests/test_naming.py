@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lora_jax.train import record
-from lora_jax.lora.targeting import Target
 from lora_jax.lora.naming import label_of_resolved, label_of_targets, run_name
+from lora_jax.lora.targeting import Target
+from lora_jax.train import record
 
 
 @pytest.mark.parametrize(

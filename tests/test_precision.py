@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lora_jax.models import precision
 from lora_jax.lora import LoraConfig
 from lora_jax.lora import init as lora_init
+from lora_jax.models import precision
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
 from lora_jax.train.optimizer import build_optimizer

@@ -72,9 +72,9 @@ class PackedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from lora_jax.run.packs import make_packs
-        from lora_jax.run.jobs import run_jobs
         from lora_jax.run.guard import SweepStatus
+        from lora_jax.run.jobs import run_jobs
+        from lora_jax.run.packs import make_packs
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None

@@ -80,4 +80,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     return rows
-

@@ -100,4 +100,3 @@ def evaluate(
         module, variables, model_cfg, tokenizer, task, items, fmt, decode_cfg, max_len, add_bos
     )
     return task.score(hyps, list(items)), hyps
-

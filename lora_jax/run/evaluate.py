@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="many run dirs of one base, decoded together")  # fmt: skip
     p.add_argument("--max-eval-items", type=int, default=None, help="decode only the first N items")
     p.add_argument("--out", help="write the metrics (and predictions) as JSON here")
-    p.add_argument("--out-dir", help="single run dir: the re-evaluation's run dir (default RUN_DIR/reeval)")
+    p.add_argument(
+        "--out-dir", help="single run dir: the re-evaluation's run dir (default RUN_DIR/reeval)"
+    )
     args = p.parse_args(argv)
     dirs = [a for a in args.run_dirs if "=" not in a]
     overrides = [a for a in args.run_dirs if "=" in a]

@@ -77,4 +77,3 @@ def evaluate_adapters(
         }
         for d, c, h in zip(dirs, cfgs, hyps)
     ]
-

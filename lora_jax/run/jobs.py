@@ -110,7 +110,9 @@ class _Runs:
                 if not self.solo and (j.cfg.adapter or j.cfg.trainer.eval_only):
                     raise ConfigError("adapter=/trainer.eval_only runs are not packed; use "
                                       "python -m lora_jax.evaluate RUN_DIR or --adapters")  # fmt: skip
-                logger = j.cfg.logger if sharding.is_primary() else {"name": "none"}  # W&B: process 0
+                logger = (
+                    j.cfg.logger if sharding.is_primary() else {"name": "none"}
+                )  # W&B: process 0
                 j.tracker = Tracker(logger, j.run_dir, j.cfg.name, j.results["sweep"], j.results["config"],
                                     concurrent=not self.solo)  # fmt: skip
             except Exception as e:

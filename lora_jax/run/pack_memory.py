@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.console import console
 from lora_jax.errors import ConfigError
-from lora_jax.train.packed_step import HP_KEYS, init_opt_state, make_packed_step
 from lora_jax.lora.stack import stack
+from lora_jax.train.packed_step import HP_KEYS, init_opt_state, make_packed_step
 
 MIB = 1 << 20
 MAX_COMPILES = 6  # per group, in choose_pack_size

@@ -127,7 +127,6 @@ class Engine:
                           "and config)")  # fmt: skip
             j.results["run"]["adapter"] = str(Path(j.cfg.adapter).absolute())
 
-
     def layer_layout(self) -> None:
         """The training module (``trainer.remat`` / ``trainer.scan``) and the scan prefix.
 
@@ -285,7 +284,11 @@ class Engine:
         where = (f"The last good checkpoint is step {last} in {j.ckpt.directory} (resume with "
                  "trainer.resume=true after" if last is not None else
                  "No checkpoint was written yet (start again after")  # fmt: skip
-        others = "" if self.strict else "this job was frozen and dropped from its pack, the others went on. "
+        others = (
+            ""
+            if self.strict
+            else "this job was frozen and dropped from its pack, the others went on. "
+        )
         self.fail(j, NonFiniteLoss(f"loss or LoRA parameters became non-finite by step {step} "
                                    f"(loss became {loss}); stopped; {others}{where} lowering "
                                    "optim.lr or setting optim.grad_clip)"))  # fmt: skip
@@ -299,7 +302,9 @@ class Engine:
         frozen = self.lm.params = ad.place(self.lm.params)  # one (sharded) base for all uses
         place = jax.devices()[0] if self.mesh is None else sharding.batch_sharding(self.mesh)
         b = self.batches
-        host_batches = ((int(x["attention_mask"].sum()), x) for x in map(b.batch_at, range(start, end)))
+        host_batches = (
+            (int(x["attention_mask"].sum()), x) for x in map(b.batch_at, range(start, end))
+        )
         device_batches = sharding.prefetch_to_device(host_batches, place, self.cfg.mesh.prefetch)
         pending: list[dict] = []
         window_tokens, window_t0, tps_all = 0, None, []

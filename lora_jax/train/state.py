@@ -44,7 +44,11 @@ class Job:
         if self.ckpt is None or self.ckpt.latest_step() == step:
             return
         m = self.metrics
-        extra = {"train": m["train"], "validation": m["validation"], "eval_before": m["eval_before"]}
+        extra = {
+            "train": m["train"],
+            "validation": m["validation"],
+            "eval_before": m["eval_before"],
+        }
         self.ckpt.save(step, lora, opt_state, extra=extra)
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from lora_jax.eval.decoding import generate
+from lora_jax.eval.multi_decode import generate_multi
 from lora_jax.lora import LoraConfig, iter_adapters
 from lora_jax.lora import init as lora_init
+from lora_jax.lora.stack import stack, unstack
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
-from lora_jax.eval.multi_decode import generate_multi
-from lora_jax.lora.stack import stack, unstack
 
 ADAPTERS = [("qv", 1, 0), ("attn", 4, 1), ("all", 8, 2)]  # targets, r, seed
 

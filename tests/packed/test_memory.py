@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from hydra_plugins.lora_jax_packed.packed_launcher import PackedLauncher
-from lora_jax.run.packs import make_packs
 from lora_jax.run.pack_memory import auto_packs, choose_pack_size, group_step_memory
+from lora_jax.run.packs import make_packs
 from tests.train.app import compose, tiny_overrides
 
 # q,v only: the smallest program to compile three times

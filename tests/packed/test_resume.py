@@ -19,9 +19,8 @@ import shutil
 import numpy as np
 import pytest
 
-
-from lora_jax.run.jobs import run_jobs as run_pack
 from lora_jax.run.guard import RunDirLock
+from lora_jax.run.jobs import run_jobs as run_pack
 from lora_jax.run.tracking import Tracker
 from tests.train.app import compose, load_final_lora, run_in_process, tiny_overrides
 from tests.train.test_run import read_wandb_records

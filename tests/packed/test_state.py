@@ -18,8 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from lora_jax.train.optimizer import build_optimizer
 from lora_jax.lora.stack import stack, unstack
+from lora_jax.train.optimizer import build_optimizer
 from lora_jax.train.pack_state import job_state, stack_states
 from lora_jax.train.packed_step import init_opt_state, job_hyperparams, job_optimizer
 

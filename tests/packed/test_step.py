@@ -30,10 +30,10 @@ import pytest
 
 from lora_jax.lora import LoraConfig, iter_adapters
 from lora_jax.lora import init as lora_init
+from lora_jax.lora.stack import find_slot, stack, unstack
 from lora_jax.models.pretrained import load_model
 from lora_jax.models.registry import lora_modules
 from lora_jax.train.optimizer import build_optimizer
-from lora_jax.lora.stack import find_slot, stack, unstack
 from lora_jax.train.packed_step import (
     init_opt_state,
     job_hyperparams,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from lora_jax.lora.stack import stack, unstack
 from lora_jax.models.layers import stack_layers
 from lora_jax.run.pack_memory import step_memory
-from lora_jax.lora.stack import stack, unstack
 from tests.packed.test_step import (
     JOBS,
     _assert_tree_close,

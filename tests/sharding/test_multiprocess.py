@@ -32,11 +32,11 @@ def _lora(run_dir, overrides: list[str]) -> dict:
     """The final LoRA tree from the run's orbax checkpoint (restored onto one device), numpy."""
     from omegaconf import OmegaConf
 
-    from lora_jax.train.checkpoint import load_adapter
     from lora_jax.lora import LoraConfig
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_model
     from lora_jax.models.registry import lora_modules
+    from lora_jax.train.checkpoint import load_adapter
 
     cfg = compose(overrides)
     lm = load_model(cfg.model.source)

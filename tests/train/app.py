@@ -95,11 +95,11 @@ def load_final_lora(run_dir: Path, model_dir: Path, overrides: list[str]) -> dic
     import jax
     from omegaconf import OmegaConf
 
-    from lora_jax.train.checkpoint import load_adapter
     from lora_jax.lora import LoraConfig
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_model
     from lora_jax.models.registry import lora_modules
+    from lora_jax.train.checkpoint import load_adapter
 
     cfg = compose(overrides)
     lm = load_model(str(model_dir))
