@@ -6,7 +6,7 @@ Configurations cycle through r ∈ {1, 4, 64} × targets {q,v / attention / all 
 seeds (one data order: trainer.data_seed=0). For each K the same configs run
   sequential: lora_jax.run.app.run per config, what the standard launcher does per job (load the
               base, build the task, compile, train, evaluate);
-  packed:     lora_jax.run.pack_runner.run_pack on all K (one load, one data pipeline, one
+  packed:     lora_jax.run.jobs.run_jobs on all K (one load, one data pipeline, one
               compiled step, one multi-adapter decode);
 sequential first, then packed, in this process. Prints wall time per configuration and
 tokens/s (training tokens of all K jobs / total wall time, and the train loop's own rate), and
@@ -52,7 +52,7 @@ def configs(k: int, steps: int, max_len: int, eval_items: int, batch: int):
 
 def bench(k: int, args) -> dict:
     from lora_jax.run import app as train
-    from lora_jax.run.pack_runner import run_pack
+    from lora_jax.run.jobs import run_jobs as run_pack
 
     cfgs = configs(k, args.steps, args.max_len, args.eval_items, args.batch)
     tmp = Path(tempfile.mkdtemp(prefix=f"packed_bench_k{k}_"))
@@ -97,9 +97,9 @@ def main() -> None:
     args = p.parse_args()
     import jax
 
-    from lora_jax.run.app import _quiet_libraries
+    from lora_jax.run.app import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     rows = [bench(k, args) for k in args.k]
     head = ("| K | sequential s (per config) | packed s (per config) | speed-up | tokens/s seq → packed "
             "(total wall; batch x max_len per step) | train-loop tokens/s seq → packed | max final-loss diff |")  # fmt: skip

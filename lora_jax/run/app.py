@@ -41,7 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    _quiet_libraries()  # again: Hydra re-configures logging when the job starts
+    quiet_libraries()  # again: Hydra re-configures logging when the job starts
     hc = HydraConfig.get()
     run_dir = Path(cfg.output_dir or hc.runtime.output_dir)
     try:
@@ -99,7 +99,7 @@ def resume_from(path: str, overrides: list[str]) -> None:
 
 def main() -> None:
     config_schema.register()
-    _quiet_libraries()
+    quiet_libraries()
     by_dir = [a for a in sys.argv[1:] if a.startswith("resume_from=")]
     if by_dir:
         rest = [a for a in sys.argv[1:] if a not in by_dir]
@@ -116,7 +116,7 @@ def main() -> None:
         sys.exit(143 if preempted else 1)  # 143 = 128 + SIGTERM, what schedulers expect
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """orbax logs every checkpoint step through absl at INFO; keep the console for our lines."""
     import logging
     import warnings

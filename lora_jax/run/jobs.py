@@ -107,6 +107,9 @@ class _Runs:
         for j in self.jobs:
             try:
                 check_config(OmegaConf.to_container(j.cfg, resolve=True))
+                if not self.solo and j.cfg.get("method", "lora") == "full":
+                    raise ConfigError("method=full runs are not packed (there is no adapter to "
+                                      "stack): run them with the basic launcher")  # fmt: skip
                 if not self.solo and (j.cfg.adapter or j.cfg.trainer.eval_only):
                     raise ConfigError("adapter=/trainer.eval_only runs are not packed; use "
                                       "python -m lora_jax.evaluate RUN_DIR or --adapters")  # fmt: skip

@@ -53,6 +53,8 @@ class TaskCfg:
     eval_file: str | None = None
     train_split: str | None = None
     eval_split: str | None = None
+    validation_file: str | None = None  # null: the task's default (E2E devset.csv, ...)
+    validation_split: str | None = None  # hub split for validation (null: the task's default)
     sample: bool = False  # write and use the embedded synthetic E2E-format sample
     format: str = "plain"  # plain (source→target, the paper's) | chat (the model's chat template)
     add_bos: bool | None = None  # plain format: null = BOS iff the tokenizer adds one; true/false
@@ -160,6 +162,9 @@ class Config:
     precision: PrecisionCfg = field(default_factory=PrecisionCfg)
     mesh: MeshCfg = field(default_factory=MeshCfg)
     seed: int = 0
+    # lora: train the LoRA tree over the frozen base | full: full fine-tuning of every base
+    # weight (the baseline row of an ablation table; same loop, data, decoding and metrics)
+    method: str = "lora"
     name: str = "run"
     output_dir: str | None = None  # default: Hydra's run dir
     sweep_name: str = "none"  # the sweep this run belongs to (W&B group, report)

@@ -43,7 +43,7 @@ class Task(Protocol):
     main_metric: str
     instruction: str  # prepended to the source in the chat format
 
-    def load(self, split: str) -> list[Example]: ...  # split: "train" | "eval"
+    def load(self, split: str) -> list[Example]: ...  # split: "train" | "validation" | "eval"
 
     def eval_groups(self, examples: list[Example]) -> list[EvalItem]: ...
 
@@ -54,9 +54,12 @@ class Task(Protocol):
     def postprocess(self, generated: str) -> str: ...
 
 
+SPLITS = ("train", "validation", "eval")  # "eval" is the test split the run reports
+
+
 def check_split(split: str) -> None:
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def group_by_key(examples: list[Example]) -> list[EvalItem]:
@@ -72,7 +75,8 @@ def group_by_key(examples: list[Example]) -> list[EvalItem]:
 def resolve_files(
     split: str, data_files: dict[str, Any] | None, data_dir: str | None, file_names: dict[str, str]
 ) -> list[str] | None:
-    """Local files for `split` ("train"/"eval"), or None when the hub should be used."""
+    """Local files for `split` ("train"/"validation"/"eval"), or None when the hub should be
+    used."""
     files: Any = None
     if data_files:  # None or {}: not given
         if split not in data_files:
@@ -202,19 +206,45 @@ class RowSource:
     train_split: str = "train"
     eval_split: str = "validation"
     revision: str | None = None
+    # the split used for validation (model selection), when it is distinct from both the
+    # training data and the eval (test) split: see validation_origin
+    validation_file: str | None = None
+    validation_split: str | None = None
 
     def rows(
         self, split: str, columns: dict[str, tuple[str, ...]]
     ) -> tuple[list[dict], dict[str, str], str]:
         """(rows, column name per role, origin for error messages) of ``split``."""
         check_split(split)
-        files = resolve_files(
-            split,
-            self.data_files,
-            self.data_dir,
-            {"train": self.train_file, "eval": self.eval_file},
-        )
-        hub_split = self.train_split if split == "train" else self.eval_split
+        names = {"train": self.train_file, "eval": self.eval_file,
+                 "validation": self.validation_file or ""}  # fmt: skip
+        files = resolve_files(split, self.data_files, self.data_dir, names)
+        hub_split = {"train": self.train_split, "eval": self.eval_split,
+                     "validation": self.validation_split or ""}[split]  # fmt: skip
         origin = files[0] if files else f"{self.dataset}[{hub_split}]"
         rows = load_rows(files, self.dataset, hub_split, revision=self.revision)
         return rows, require_columns(rows, columns, origin), origin
+
+    def origin(self, split: str) -> str | None:
+        """Where ``split`` comes from (a resolved file path or ``dataset[split]``), without
+        reading it; None when the task has no such source."""
+        if self.data_files:
+            f = self.data_files.get(split)
+            return None if f is None else str(Path(f[0] if isinstance(f, list) else f).resolve())
+        name = {"train": self.train_file, "eval": self.eval_file,
+                "validation": self.validation_file}[split]  # fmt: skip
+        if self.data_dir is not None:
+            p = Path(self.data_dir) / name if name else None
+            return str(p.resolve()) if p is not None and p.is_file() else None
+        hub = {"train": self.train_split, "eval": self.eval_split,
+               "validation": self.validation_split}[split]  # fmt: skip
+        return f"{self.dataset}[{hub}]" if self.dataset and hub else None
+
+    def validation_origin(self) -> str | None:
+        """The validation split's source when the task has one that is neither the training
+        data nor the eval (test) split, else None (then a run holds out part of the training
+        data: lora_jax.train.data.split_validation). E.g. E2E: the official dev set, except
+        offline where the dev set is the training file; WikiSQL: none (its eval split is the
+        validation split, as in the LoRA paper); SAMSum: its validation split."""
+        v = self.origin("validation")
+        return v if v is not None and v not in (self.origin("train"), self.origin("eval")) else None

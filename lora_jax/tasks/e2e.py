@@ -30,6 +30,8 @@ class E2ETask(RowSource):
     eval_file: str = "testset_w_refs.csv"
     train_split: str = "train"
     eval_split: str = "test"
+    validation_file: str | None = "devset.csv"  # the official dev set
+    validation_split: str | None = "validation"
     coco_metrics: bool = True  # METEOR/ROUGE-L/CIDEr need Java
     nist_mode: str = "pymteval"  # the E2E scorer's -p (as the LoRA repo runs it) | "mteval"
     name: str = "e2e"

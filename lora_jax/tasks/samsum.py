@@ -34,6 +34,8 @@ class SAMSumTask(RowSource):
     eval_file: str = "test.jsonl"
     train_split: str = "train"
     eval_split: str = "test"
+    validation_file: str | None = "validation.jsonl"
+    validation_split: str | None = "validation"
     name: str = "samsum"
     main_metric: str = "rougeL"
     instruction: str = "Summarize this dialogue."

@@ -35,6 +35,9 @@ class WikiSQLTask(RowSource):
     eval_file: str = "validation.jsonl"
     train_split: str = "train"
     eval_split: str = "validation"
+    # the eval split is the validation split (LoRA paper App. C): validation is held out of train
+    validation_file: str | None = "validation.jsonl"
+    validation_split: str | None = "validation"
     name: str = "wikisql"
     main_metric: str = "lf_acc"
     instruction: str = (

@@ -36,7 +36,8 @@ from lora_jax.models.layers import stack_layers
 from lora_jax.train import sharding
 from lora_jax.train.pack_state import job_state, stack_states
 from lora_jax.train.packed_step import init_opt_state, job_hyperparams, make_packed_step
-from lora_jax.train.step import make_eval_loss, make_train_step
+from lora_jax.train.step import make_eval_loss, make_full_train_step, make_train_step
+from lora_jax.train.validation import validation_loss
 
 
 def _all_finite(tree: Any) -> bool:
@@ -114,12 +115,7 @@ class OneAdapter:
         return [decode({"params": lm.params, "lora": self.trees_for_decoding()})]
 
     def val_loss(self, eval_loss: Any, frozen: Any, batches: Sequence[dict]) -> list[float]:
-        total, n = jnp.zeros(()), jnp.zeros(())
-        for b in batches:
-            s, t = eval_loss(self.lora, frozen, b)
-            total, n = total + s, n + t
-        total, n = jax.device_get((total, n))
-        return [float(total / max(float(n), 1.0))]
+        return [validation_loss(eval_loss, self.lora, frozen, batches)]
 
     def eval_loss_fn(self, module: Any) -> Any:
         return make_eval_loss(module)
@@ -199,6 +195,63 @@ class StackedAdapters:
 
     def eval_loss_fn(self, module: Any) -> Any:
         return jax.vmap(make_eval_loss(module), in_axes=(0, None, None))
+
+
+class FullModel:
+    """``method=full``, K = 1: every base weight is trained (the full fine-tuning baseline).
+    The job's optimizer state covers every leaf. The base params become this holder's state:
+    the engine's frozen base is dropped when training starts (the step donates the params),
+    so the base is held once."""
+
+    k = 1
+
+    def __init__(self, jobs: Sequence[Any], module: Any, params: Any, *, label_smoothing: float,
+                 loss_chunk: int | None, **_: Any) -> None:  # fmt: skip
+        (job,) = jobs
+        self.job, self.params, self.opt = job, params, job.tx.init(params)
+        self._step = make_full_train_step(module, job.tx, label_smoothing=label_smoothing,
+                                          loss_chunk=loss_chunk)  # fmt: skip
+        self._last_loss: Any = None
+
+    def restore(self, step: int | None) -> tuple[int, list[dict]]:
+        self.params, self.opt, step, meta = self.job.ckpt.restore(self.params, self.opt, step=step)
+        return step, [meta]
+
+    def place(self, frozen: Any) -> Any:
+        return None  # the params are this holder's state from now on
+
+    def step(self, frozen: Any, batch: Any, step: int) -> dict:
+        self.params, self.opt, m = self._step(self.params, self.opt, batch)
+        self._last_loss = m["loss"]
+        return m
+
+    def finite(self, deep: bool = False) -> list[bool]:
+        ok = self._last_loss is None or bool(jnp.isfinite(self._last_loss))
+        return [ok and (not deep or _all_finite(self.params))]
+
+    def job_state(self, k: int) -> tuple[Any, Any]:
+        return self.params, self.opt
+
+    def decode(self, lm: Any, decode: Any) -> list[list[str]]:
+        return [decode({"params": self.params})]
+
+    def val_loss(self, eval_loss: Any, frozen: Any, batches: Sequence[dict]) -> list[float]:
+        return [validation_loss(eval_loss, {}, self.params, batches)]
+
+    def eval_loss_fn(self, module: Any) -> Any:
+        return make_eval_loss(module)
+
+
+def full_memory_estimate(params: Any, grad_accum: int) -> str:
+    """What full fine-tuning holds beyond the forward's activations: the params, their
+    gradients, AdamW's two moments (fp32) and, with accumulation, the accumulated gradients."""
+    n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    p_bytes = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+    state = 2 * 4 * n + (4 * n if grad_accum > 1 else 0)
+    total = 2 * p_bytes + state
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    return (f"full fine-tuning: {n:,} trainable parameters; params {gib(p_bytes)} + gradients "
+            f"{gib(p_bytes)} + optimizer state {gib(state)} = {gib(total)} before activations")  # fmt: skip
 
 
 def stacked_step_shardings(lora: Any, opt: Any, frozen: Any, mesh: Any,

@@ -52,11 +52,14 @@ STATE_KEYS = (
     "task.add_bos",
     "task.max_len",
     "task.max_train_examples",
+    "task.validation_file",  # validation held out of train or not: shapes the data order
+    "task.validation_split",
     "task.options",
     "lora",
     "optim",
     "trainer.batch_size",
     "trainer.epochs",
+    "trainer.val_examples",  # a hold-out of training examples changes the data
     "trainer.max_steps",
     "trainer.data_seed",  # the batch order (null: seed); a packed job's is the pack's
     "seed",

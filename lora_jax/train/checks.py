@@ -52,6 +52,7 @@ _RULES: list[tuple[str, bool, Callable[[Any], bool], str]] = [
     ("lora.alpha", True, _pos, "> 0, or null for alpha = r"),
     ("lora.dropout", False, lambda v: 0 <= v < 1, "in [0, 1)"),
     ("seed", False, _nonneg, ">= 0"),
+    ("method", False, lambda v: v in ("lora", "full"), "lora or full"),
 ]
 
 
@@ -75,6 +76,10 @@ def config_problems(cfg: Mapping[str, Any]) -> list[str]:
             if not nullable:
                 out.append(f"{key}=null: must be {allowed}")
             continue
+        if isinstance(v, str) and key == "method":
+            if not ok(v):
+                out.append(f"{key}={v!r}: must be {allowed}")
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
             out.append(f"{key}={v!r}: must be {allowed}")
     for key, allowed in (("lora.rank_pattern", ">= 1"), ("lora.alpha_pattern", "> 0")):
@@ -82,6 +87,15 @@ def config_problems(cfg: Mapping[str, Any]) -> list[str]:
         for pat, v in (patterns or {}).items() if present else ():
             if not isinstance(v, (int, float)) or v <= 0 or (allowed == ">= 1" and v < 1):
                 out.append(f"{key}[{pat!r}]={v!r}: must be {allowed}")
+    if cfg.get("method") == "full":
+        if (cfg.get("model") or {}).get("quant", "none") != "none":
+            out.append("method=full trains every base weight, so the base cannot be quantized: "
+                       "set model.quant=none")  # fmt: skip
+        mesh = cfg.get("mesh") or {}
+        if mesh.get("data", 1) * mesh.get("fsdp", 1) != 1:
+            out.append("method=full runs on one device for now: set mesh=single")
+        if cfg.get("adapter"):
+            out.append("method=full has no adapter to load: drop adapter=")
     tr = cfg.get("trainer") or {}
     if not tr.get("eval_only") and tr.get("max_steps") is None and tr.get("epochs") is None:
         out.append("trainer.max_steps and trainer.epochs are both null: set one of them")

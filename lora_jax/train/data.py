@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.errors import ConfigError, MissingFile
@@ -18,7 +19,7 @@ from lora_jax.tasks.sample import write_e2e_sample
 from lora_jax.train.validation import validation_batches as _held_out_batches
 
 TASK_KEYS = ("dataset", "data_dir", "data_files", "train_file", "eval_file", "train_split",
-             "eval_split")  # fmt: skip
+             "eval_split", "validation_file", "validation_split")  # fmt: skip
 
 
 def build_task(tc: DictConfig, run_dir: Path) -> Any:
@@ -54,18 +55,60 @@ def encode(cfg: DictConfig, tok: Any, task: Any, examples: list) -> list[dict]:
     return [encode_example(tok, ex, tc.format, tc.max_len, task, tc.add_bos) for ex in examples]
 
 
-def train_batches(cfg: DictConfig, tok: Any, task: Any) -> tuple[TrainBatches, int]:
-    """The training batches (bucketed, in the data seed's order) and their number in the
-    training split."""
-    tcfg = cfg.trainer
+def train_examples(cfg: DictConfig, task: Any) -> list:
     train = task.load("train")
-    if cfg.task.max_train_examples:
-        train = train[: cfg.task.max_train_examples]
+    return train[: cfg.task.max_train_examples] if cfg.task.max_train_examples else train
+
+
+def split_validation(cfg: DictConfig, task: Any, train: list) -> tuple[list, list, dict]:
+    """``(validation examples, training examples, where validation came from)``; validation is
+    never the eval (test) split.
+
+    ``trainer.val_examples`` examples (0: no validation) from the task's own validation split
+    when it has one distinct from the training data and the test split
+    (:meth:`lora_jax.tasks.base.RowSource.validation_origin`: E2E's dev set, SAMSum's
+    validation split), else held out of the training examples: whole groups of one source
+    (one E2E MR with all its references) drawn in the order of a permutation seeded with the
+    data seed, until at least ``val_examples`` examples are held out, and removed from
+    training (the same slice for the same seed and training file; a pack shares it)."""
+    n = int(cfg.trainer.val_examples or 0)
+    if n <= 0:
+        return [], train, {"split": None}
+    origin = task.validation_origin() if hasattr(task, "validation_origin") else None
+    if origin is not None:
+        val = task.load("validation")[:n]
+        return val, train, {"split": "validation", "source": origin, "examples": len(val)}
+    seed = data_seed(cfg)
+    counts: dict[str, int] = {}
+    for ex in train:
+        counts[ex.key] = counts.get(ex.key, 0) + 1
+    keys = list(counts)
+    chosen: set[str] = set()
+    held = 0
+    for i in np.random.default_rng(seed).permutation(len(keys)):
+        if held >= n:
+            break
+        chosen.add(keys[i])
+        held += counts[keys[i]]
+    val = [ex for ex in train if ex.key in chosen]
+    rest = [ex for ex in train if ex.key not in chosen]
+    if not rest:
+        raise ConfigError(
+            f"trainer.val_examples={n} holds out all {len(train)} training examples for "
+            "validation; lower it (or give the task a validation split)"
+        )
+    info = {"split": "train-holdout", "seed": seed, "examples": len(val), "sources": len(chosen),
+            "of_train": len(train)}  # fmt: skip
+    return val, rest, info
+
+
+def train_batches(cfg: DictConfig, tok: Any, task: Any, train: list) -> TrainBatches:
+    """The training batches (bucketed, in the data seed's order)."""
+    tcfg = cfg.trainer
     buckets = (default_buckets(cfg.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg.task.max_len, tcfg.bucket_step))  # fmt: skip
-    batches = TrainBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg), buckets,
-                           tok.pad_id, sort_window=tcfg.get("sort_window", 0))  # fmt: skip
-    return batches, len(train)
+    return TrainBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg), buckets,
+                        tok.pad_id, sort_window=tcfg.get("sort_window", 0))  # fmt: skip
 
 
 def total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int:
@@ -77,12 +120,10 @@ def total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int:
     raise ConfigError("set trainer.max_steps or trainer.epochs")
 
 
-def validation_batches(cfg: DictConfig, task: Any, tok: Any, buckets: Any) -> list[dict]:
-    """The held-out batches of lora_jax.train.validation (empty when trainer.val_examples=0)."""
-    n = cfg.trainer.val_examples
-    if not n:
-        return []
-    held_out = task.load("eval")[:n]
+def validation_batches(
+    cfg: DictConfig, task: Any, tok: Any, buckets: Any, held_out: list
+) -> list[dict]:
+    """The validation examples (:func:`split_validation`) in padded batches, each exactly once."""
     if not held_out:
         return []
     return _held_out_batches(encode(cfg, tok, task, held_out), cfg.trainer.batch_size, buckets,

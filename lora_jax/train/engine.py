@@ -45,7 +45,13 @@ from lora_jax.models import precision as precision_policy
 from lora_jax.models.pretrained import load_for_run
 from lora_jax.models.registry import lora_modules
 from lora_jax.train import data, record, sharding
-from lora_jax.train.adapters import OneAdapter, StackedAdapters, host_metrics
+from lora_jax.train.adapters import (
+    FullModel,
+    OneAdapter,
+    StackedAdapters,
+    full_memory_estimate,
+    host_metrics,
+)
 from lora_jax.train.checkpoint import adapter_meta, load_adapter
 from lora_jax.train.checks import check_model_fit
 from lora_jax.train.optimizer import build_optimizer
@@ -105,6 +111,9 @@ class Engine:
         """The job's model fit, LoRA tree (the same as alone for the same seed) and report."""
         lm = self.lm
         check_model_fit(OmegaConf.to_container(j.cfg, resolve=True), lm.config)
+        if j.cfg.get("method", "lora") == "full":
+            self.init_full(j)
+            return
         lora_dict = OmegaConf.to_container(j.cfg.lora)
         lcfg = LoraConfig.from_dict(lora_dict | {"seed": j.cfg.seed})
         j.tree, targets = lora_init(
@@ -127,6 +136,17 @@ class Engine:
                           "and config)")  # fmt: skip
             j.results["run"]["adapter"] = str(Path(j.cfg.adapter).absolute())
 
+    def init_full(self, j: Job) -> None:
+        """``method=full``: every base weight trainable, no LoRA tree."""
+        n = sum(int(np.size(x)) for x in jax.tree.leaves(self.lm.params))
+        j.results["params"] = {"method": "full", "trainable": n, "total": n, "trainable_pct": 100.0}
+        j.results["lora"] = {"label": "full", "layers": [], "modules": {}}
+        j.results["sweep"].update(method="full", targets="full", r=None, alpha=None, scale=None)
+        j.ckpt.adapter = {"method": "full", "model_type": self.lm.config.model_type}
+        if j.tracker is not None:
+            j.tracker.update_axes(j.results["sweep"])
+        console.print(f"full fine-tuning: every base weight trainable ({n:,} parameters)")
+
     def layer_layout(self) -> None:
         """The training module (``trainer.remat`` / ``trainer.scan``) and the scan prefix.
 
@@ -147,20 +167,29 @@ class Engine:
 
     def load_batches(self) -> None:
         cfg, tok = self.cfg, self.lm.tokenizer
-        self.batches, n_train = data.train_batches(cfg, tok, self.task)
+        train = data.train_examples(cfg, self.task)
+        val, train, val_info = data.split_validation(cfg, self.task, train)
+        n_train = len(train)
+        self.batches = data.train_batches(cfg, tok, self.task, train)
         self.micro = data.total_steps(self.tcfg, self.batches.steps_per_epoch)
         self.accum = int(cfg.optim.grad_accum)
         self.updates = max(self.micro // self.accum, 1)
         for j in self.live():
             try:
-                j.tx, j.lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree,
-                                                self.updates)  # fmt: skip
+                full = j.cfg.get("method", "lora") == "full"
+                j.tx, j.lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim),
+                                                self.lm.params if full else j.tree, self.updates,
+                                                every_leaf=full)  # fmt: skip
             except Exception as e:
                 self.fail(j, e)
-        self.val_batches = data.validation_batches(cfg, self.task, tok, self.batches.buckets)
+        self.val_batches = data.validation_batches(cfg, self.task, tok, self.batches.buckets, val)
         n_val = sum(int(b["attention_mask"].any(axis=1).sum()) for b in self.val_batches)
         for j in self.jobs:
             j.metrics["validation"]["examples"] = n_val
+            j.results["data"] = {"train": {"source": _origin(self.task, "train"), "examples": n_train},
+                                 "validation": val_info,
+                                 "eval": {"source": _origin(self.task, "eval"), "split": "eval",
+                                          "items": len(self.items)}}  # fmt: skip
         console.print(f"{n_train} train examples, {self.batches.steps_per_epoch} steps/epoch, "
                       f"{self.micro} steps, {len(self.items)} eval items, buckets "
                       f"{self.batches.buckets}" + (f", {len(self.live())} adapters stacked"
@@ -174,6 +203,12 @@ class Engine:
         self.mesh, self.val_batches = None, []
         kw = dict(dropout=False, label_smoothing=0.0, loss_chunk=None, scan_prefix=self.prefix)
         live = self.live()
+        if self.cfg.get("method", "lora") == "full":
+            self.adapters = FullModel(live, self.module, self.lm.params, **kw)
+            self.slots = live
+            self.evaluate("eval", None)
+            print_metrics(self.jobs[0].metrics)
+            return
         self.adapters = (OneAdapter(live, self.module, **kw) if self.strict else
                       StackedAdapters(live, self.module, grad_accum=1, total_updates=1, **kw))  # fmt: skip
         self.slots = live
@@ -194,8 +229,11 @@ class Engine:
         kw = dict(dropout=cfg.lora.dropout > 0, label_smoothing=cfg.optim.label_smoothing,
                   loss_chunk=tcfg.get("loss_chunk"), scan_prefix=self.prefix, mesh=self.mesh,
                   mesh_rule=cfg.mesh.lora)  # fmt: skip
-        if len(live) == 1 and self.strict:
-            self.adapters: Any = OneAdapter(live, self.module, **kw)
+        if self.cfg.get("method", "lora") == "full":
+            console.print(full_memory_estimate(self.lm.params, self.accum))
+            self.adapters: Any = FullModel(live, self.module, self.lm.params, **kw)
+        elif len(live) == 1 and self.strict:
+            self.adapters = OneAdapter(live, self.module, **kw)
         else:
             self.adapters = StackedAdapters(live, self.module, grad_accum=self.accum,
                                             total_updates=self.updates, **kw)  # fmt: skip
@@ -206,7 +244,7 @@ class Engine:
     def resume(self) -> int:
         if not self.tcfg.resume:
             return 0
-        if isinstance(self.adapters, OneAdapter):
+        if isinstance(self.adapters, (OneAdapter, FullModel)):
             if self.slots[0].ckpt.latest_step() is None:
                 return 0
             start, metas = self.adapters.restore(None)
@@ -226,7 +264,7 @@ class Engine:
         """Decode the eval items with every live adapter and score them per job."""
         t, cfg, lm, tok = time.time(), self.cfg, self.lm, self.lm.tokenizer
         tc = cfg.task
-        if isinstance(self.adapters, OneAdapter):
+        if isinstance(self.adapters, (OneAdapter, FullModel)):
             hyps = self.adapters.decode(lm, lambda v: decode_items(
                 lm.module, v, lm.config, tok, self.task, self.items, tc.format, tc.decode,
                 tc.max_len, tc.add_bos))  # fmt: skip
@@ -380,6 +418,10 @@ class Engine:
         text = f"loss {' '.join(texts)}  lr {lr0:.2e}  {tps * len(self.slots):,.0f} tok/s"
         if not bar(done - start, text) and not self.strict:
             console.print(f"  step {done}/{self.end}: {text}")
+
+
+def _origin(task: Any, split: str) -> str | None:
+    return task.origin(split) if hasattr(task, "origin") else None
 
 
 def train_and_eval(jobs: list[Job]) -> None:

@@ -38,9 +38,11 @@ def schedule(lr: float, total_steps: int, warmup_steps: int, kind: str) -> optax
 
 
 def build_optimizer(
-    cfg: Mapping[str, Any], lora: Mapping[str, Any], total_steps: int
+    cfg: Mapping[str, Any], lora: Mapping[str, Any], total_steps: int, every_leaf: bool = False
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``total_steps`` counts optimizer updates (after accumulation)."""
+    """``total_steps`` counts optimizer updates (after accumulation). The transform updates the
+    LoRA tree's A and B (lora_jax.lora.optim labels), or with ``every_leaf`` every leaf of the
+    tree it is given (full fine-tuning: the base params)."""
     if cfg["name"] != "adamw":
         raise ConfigError(f"optim.name={cfg['name']!r} is unknown; allowed values: adamw")
     if cfg["grad_accum"] < 1:
@@ -54,7 +56,7 @@ def build_optimizer(
             lr, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"], weight_decay=cfg["weight_decay"]
         )
     )
-    tx = make_optimizer(optax.chain(*parts), lora)
+    tx = optax.chain(*parts) if every_leaf else make_optimizer(optax.chain(*parts), lora)
     if cfg["grad_accum"] > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg["grad_accum"])
     return tx, lr

@@ -49,7 +49,7 @@ ITEMS = "items_eval.jsonl"  # one {"hyp": str, "refs": [str, ...]} per eval item
 NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logger.",
                    "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
                    "trainer.ckpt_keep", "trainer.resume", "trainer.stop_after",
-                   "trainer.eval_before", "trainer.eval_every", "trainer.val_examples",
+                   "trainer.eval_before", "trainer.eval_every",
                    "task.decode.batch_size", "task.data_dir", "task.data_files",
                    "model.source")  # fmt: skip
 

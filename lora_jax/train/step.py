@@ -201,6 +201,31 @@ def make_full_finetune_step(
     return jax.jit(step, donate_argnums=(0, 1)) if jit else step
 
 
+def make_full_train_step(
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    label_smoothing: float = 0.0,
+    jit: bool = True,
+    loss_chunk: int | None = None,
+) -> Callable:
+    """Full fine-tuning in the engine (``method=full``): ``train_step(params, opt_state, batch)
+    -> (params, opt_state, metrics)`` with the LoRA step's loss and metrics; every base leaf is
+    differentiated and updated; ``params`` and ``opt_state`` are donated."""
+    loss_of = make_loss(module, label_smoothing, loss_chunk)
+
+    def train_step(params, opt_state, batch):
+        def loss_fn(p):
+            return loss_of({"params": p}, batch, None)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, step_metrics(loss, aux, grads, updates)
+
+    return jax.jit(train_step, donate_argnums=(0, 1)) if jit else train_step
+
+
 def make_eval_loss(module: nn.Module) -> Callable:
     """``eval_loss(lora, frozen, batch) -> (sum of nll, n target tokens)`` (no smoothing)."""
 
