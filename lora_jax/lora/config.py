@@ -58,8 +58,12 @@ class LoraConfig:
     layers: PEFT's ``layers_to_transform``: an int or a list of layer indices (None = all);
     like PEFT, not allowed with a regex-string ``targets`` (put the layer in the regex).
     dropout: on the LoRA input path only.
-    init: "gaussian" (A ~ N(0, 1/r²), PEFT's init_lora_weights="gaussian") or "kaiming"
-    (PEFT's default: kaiming_uniform(a=√5) = U(±1/√in)); B = 0 always, so ΔW = 0 at step 0.
+    init: "kaiming" (the default, PEFT's init_lora_weights=True and the original loralib's:
+    A ~ kaiming_uniform(a=√5) over fan_in = in, i.e. U(±1/√in), whatever r) or "gaussian"
+    (PEFT's init_lora_weights="gaussian": A ~ N(0, 1/r²)); B = 0 always, so ΔW = 0 at step 0.
+    The choice changes how the first update scales with r: with α/r scaling, ‖ΔW‖_F after one
+    Adam step goes as r^-1/2 under kaiming and r^-3/2 under gaussian
+    (tests/lora/test_init_scale.py).
     scaling: "standard" (α/r, the paper) or "rslora" (α/√r, Kalajdzievski 2023).
     rank_pattern / alpha_pattern: {regex: value} overrides per module, matched like PEFT's
     (the regex must match a suffix of the module id ending at a "." boundary).
@@ -71,7 +75,8 @@ class LoraConfig:
     exclude_modules: str | Sequence[str] | None = None
     layers: int | Sequence[int] | None = None
     dropout: float = 0.0
-    init: str = "gaussian"
+    # PEFT LoraConfig.init_lora_weights=True (huggingface/peft src/peft/tuners/lora/config.py)
+    init: str = "kaiming"
     scaling: str = "standard"
     rank_pattern: Mapping[str, int] = dataclasses.field(default_factory=dict)
     alpha_pattern: Mapping[str, float] = dataclasses.field(default_factory=dict)

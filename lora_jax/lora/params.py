@@ -32,19 +32,24 @@ def init(
 ) -> tuple[LoraTree, list[Target]]:
     """Build the LoRA tree for ``params``; returns it and the resolved targets.
 
-    A: gaussian N(0, (1/r)²) (PEFT init_lora_weights="gaussian", peft/tuners/lora/layer.py) or
-    kaiming_uniform(a=√5) over fan_in = in, i.e. U(-1/√in, 1/√in) (PEFT's and the original
-    loralib's nn.Linear default); B = 0 (paper §4.1), so ΔW = BA = 0 at initialization.
+    A ([in, r]), by ``cfg.init``:
+      "kaiming" (the default): PEFT's init_lora_weights=True (huggingface/peft
+      src/peft/tuners/lora/layer.py reset_lora_parameters) and the original loralib's
+      (github microsoft/LoRA loralib/layers.py): ``nn.init.kaiming_uniform_(A, a=√5)`` on
+      A's [r, in] weight, bound = gain·√(3/fan_in) with gain = √(2/(1+a²)) = √(1/3), i.e.
+      U(-1/√in, 1/√in), whatever r;
+      "gaussian": PEFT's init_lora_weights="gaussian", N(0, (1/r)²).
+    B = 0 (paper §4.1), so ΔW = s·A·B = 0 at initialization.
     """
     targets = resolve(cfg, params, lora_modules)
     keys = jax.random.split(rng, len(targets))
     tree: LoraTree = {}
     for key, t in zip(keys, targets):
-        if cfg.init == "gaussian":
-            a = jax.random.normal(key, (t.d_in, t.r), jnp.float32) / t.r
-        else:
-            bound = 1.0 / math.sqrt(t.d_in)
+        if cfg.init == "kaiming":
+            bound = 1.0 / math.sqrt(t.d_in)  # fan_in = in
             a = jax.random.uniform(key, (t.d_in, t.r), jnp.float32, -bound, bound)
+        else:  # "gaussian" (LoraConfig checks the name)
+            a = jax.random.normal(key, (t.d_in, t.r), jnp.float32) / t.r
         leaf = {"a": a, "b": jnp.zeros((t.r, t.d_out), jnp.float32), "scale": jnp.float32(t.scale)}
         node = tree
         for seg in t.path:

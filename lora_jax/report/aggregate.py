@@ -7,9 +7,13 @@ without seed, names, paths and logging) must be equal. A cell whose runs differ 
 else (say one run at another lr) is refused with the difference listed, or with
 ``allow_mixed=True`` averaged and listed in ``Report.mixed``.
 
-Per cell and metric: mean, sample std (ddof=1) over seeds, and a 95% percentile bootstrap
-interval of the mean over seeds (lora_jax.report.stats; none for n=1). Failed runs are
-excluded from the means and listed with their error.
+Per cell and metric: mean and sample std (ddof=1) over seeds, and for the main metric the 95%
+Student-t interval of the mean over seeds, mean ± t_{0.975, n−1}·s/√n (lora_jax.report.stats;
+none for n=1). Failed runs are excluded from the means and listed with their error.
+
+``select_by`` ("val_loss", "val_<metric>"): for sweeps that cross each cell with an lr grid,
+each cell's lr is first picked on validation (lora_jax.report.select) and the cell holds its
+runs at that lr only. The report also names the LoRA init of its runs (config ``lora.init``).
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from typing import Any
 import pandas as pd
 
 from lora_jax.report.collect import ReportError, Run
-from lora_jax.report.stats import bootstrap_ci, mean_std
+from lora_jax.report.select import LrChoice, Selection, select_lr
+from lora_jax.report.stats import mean_std, t_interval
 
 PERCENT_PREFIXES = ("bleu", "rouge", "meteor", "acc", "exact_match")
-LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
 SPLIT_AXES = ("alpha", "scale", "scaling", "model", "task")
 # Legacy target names, placed as the paper's tables place them (qk before qv, Table 5).
 LEGACY_ORDER = ("q", "k", "v", "o", "qk", "qv", "attn", "mlp", "all")
@@ -45,10 +49,6 @@ def is_percent(name: str, values: Iterable[float]) -> bool:
     return leaf.startswith(PERCENT_PREFIXES) and bool(values) and all(0 <= v <= 1 for v in values)
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric.lower() for word in LOWER_IS_BETTER)
-
-
 @dataclass
 class Cell:
     """Runs sharing one (row, col) value; stats in display units."""
@@ -58,13 +58,19 @@ class Cell:
     runs: list[Run]
     mean: float
     std: float | None  # None when n == 1
-    ci: tuple[float, float] | None  # 95% bootstrap interval of the mean over seeds
+    ci: tuple[float, float] | None  # 95% Student-t interval of the mean over seeds (n >= 2)
     trainable: int | None
     stats: dict[str, tuple[float, float | None]]  # every metric: (mean, std)
+    lr: LrChoice | None = None  # the cell's lr pick (select_by), None without one
 
     @property
     def n(self) -> int:
         return len(self.runs)
+
+    @property
+    def half(self) -> float | None:
+        """Half-width of the 95% interval: t_{0.975, n−1}·s/√n (None for n = 1)."""
+        return None if self.ci is None else (self.ci[1] - self.ci[0]) / 2
 
 
 @dataclass
@@ -87,6 +93,8 @@ class Report:
     runs: list[Run]
     scales: dict[str, float]  # metric key -> display multiplier (100 or 1)
     mixed: list[str]  # cells averaged over runs that differ beyond the seed (allow_mixed)
+    init: str = "unknown"  # the cells' runs' lora.init: one name, "mixed", or "unknown"
+    selection: Selection | None = None  # the per-cell lr picks (select_by)
 
 
 def sort_key(axis: str, value: Any) -> tuple:
@@ -126,6 +134,15 @@ def describe_differences(where: str, diffs: dict[str, dict[Any, list[str]]]) -> 
     return f"{where}: runs differ in " + " | ".join(parts)
 
 
+def init_of(runs: Iterable[Run]) -> str:
+    """The LoRA init the runs' resolved configs used: its name when they agree, "mixed" when
+    they differ, "unknown" when no run records it (no config in the record)."""
+    names = {r.recipe.get("lora.init") for r in runs}
+    if len(names) > 1:
+        return "mixed"
+    return next(iter(names), None) or "unknown"
+
+
 def aggregate(
     runs: list[Run],
     metric: str,
@@ -133,6 +150,7 @@ def aggregate(
     cols: str = "r",
     split: Sequence[str] = (),
     allow_mixed: bool = False,
+    select_by: str | None = None,
 ) -> Report:
     """Group successful runs into cells over (rows, cols); see the module docstring."""
     key = metric_key(metric)
@@ -151,6 +169,11 @@ def aggregate(
             failed.append(replace(run, error=f"metric {key!r} is {run.metrics[key]}"))
         else:
             good.append(run)
+    selection = None
+    if select_by and good:
+        selection = select_lr(good, select_by)
+        good = [r for c in selection.choices for r in c.runs]
+        failed += selection.excluded
     if not good:
         hint = f"{len(failed)} failed/incomplete run(s): " + "; ".join(
             f"{r.name}: {r.error}" for r in failed[:5]
@@ -190,7 +213,11 @@ def aggregate(
                         "(the difference is then listed in the report)."
                     )
                 mixed.append(text)
-            cells[(row, col)] = _make_cell(row, col, members, grp, key, list(scales))
+            cell = _make_cell(row, col, members, grp, key, list(scales))
+            if selection is not None:
+                picks = {id(c): c for c in map(selection.choice_of, members) if c is not None}
+                cell.lr = next(iter(picks.values())) if len(picks) == 1 else None
+            cells[(row, col)] = cell
         sections.append(
             Section(
                 fixed=fixed,
@@ -200,7 +227,8 @@ def aggregate(
             )
         )
     sections.sort(key=lambda s: [sort_key(a, v) for a, v in s.fixed.items()])
-    return Report(metric, rows, cols, sections, failed, runs, scales, mixed)
+    return Report(metric, rows, cols, sections, failed, runs, scales, mixed, init_of(good),
+                  selection)  # fmt: skip
 
 
 def _make_cell(
@@ -214,7 +242,7 @@ def _make_cell(
     counts = [r.trainable for r in runs if r.trainable is not None]
     trainable = Counter(counts).most_common(1)[0][0] if counts else None
     mean, std = stats[key]
-    return Cell(row, col, runs, mean, std, bootstrap_ci(grp[key].to_numpy(float)), trainable, stats)
+    return Cell(row, col, runs, mean, std, t_interval(grp[key].to_numpy(float)), trainable, stats)
 
 
 def default_metric(runs: list[Run]) -> str:

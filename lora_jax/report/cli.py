@@ -15,6 +15,7 @@ from lora_jax.report.render import write_report
 USAGE = """\
     python -m lora_jax.report multirun/rank_table/2025-01-01_12-00-00 [--metric bleu] [--out DIR]
                               [--rows targets --cols r] [--split lr] [--allow-mixed]
+    python -m lora_jax.report multirun/lr_grid/STAMP --select-by val_loss   (each cell at its best lr)
     python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
     python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
 """
@@ -24,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lora_jax.report",
         description="Sweep results -> the rank x target table (Markdown, CSV, LaTeX, plots), "
-        "with mean ± std and a 95% bootstrap interval over seeds; --compare runs the paired "
-        "bootstrap over test items and seeds.",
+        "with mean ± the 95% Student-t interval over seeds (n shown); --select-by picks each "
+        "cell's lr on validation; --compare runs the paired bootstrap over test items and seeds.",
         usage=USAGE,
     )
     p.add_argument("multirun_dir", nargs="?", help="Hydra multirun dir (multirun/NAME/STAMP)")
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-mixed", action="store_true",
                    help="average cells whose runs differ beyond the seed (listed in the report) "
                    "instead of refusing")  # fmt: skip
+    p.add_argument("--select-by", metavar="val_loss|val_METRIC",
+                   help="for sweeps crossing each cell with an lr grid: pick each cell's "
+                   "optim.lr by the mean validation score over seeds (val_loss: "
+                   "metrics.validation.loss, lower is better; val_<metric>: "
+                   "metrics.validation.<metric>, higher is better) and report the test "
+                   "metrics at that lr; warns when the pick is the grid's smallest or largest")  # fmt: skip
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help='paired bootstrap of A − B; A, B: "axis=value ..." selecting runs')  # fmt: skip
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--compare)")
@@ -57,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.multirun_dir) == bool(args.wandb):
         parser.error("give exactly one of: a multirun dir, or --wandb ENTITY/PROJECT")
+    if args.compare and args.select_by:
+        parser.error("--select-by is for the table; with --compare put lr=<value> in A and B")
     try:
         runs = (
             collect_wandb_runs(args.wandb, args.group)
@@ -68,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result, a, b = compare(runs, *args.compare, metric=metric, n_boot=args.n_boot)
             print(render_compare(result, *args.compare, metric, a, b))
             return 0
-        report = aggregate(runs, metric, args.rows, args.cols, args.split, args.allow_mixed)
+        report = aggregate(runs, metric, args.rows, args.cols, args.split, args.allow_mixed,
+                           args.select_by)  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for warning in report.selection.warnings if report.selection else ():
+        print(f"warning: {warning}", file=sys.stderr)
     out = args.out or (Path(args.multirun_dir) / "report" if args.multirun_dir else Path("report"))
     paths = write_report(report, out, plots=not args.no_plots)
     print(paths["report.md"].read_text())

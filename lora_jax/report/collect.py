@@ -46,12 +46,12 @@ class Run:
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
-def _norm(value: Any) -> Any:
+def norm_value(value: Any) -> Any:
     """Canonical axis value: 4.0 -> 4, ["q", "v"] -> "q,v", ["q_proj", "v_proj"] -> "q_proj,v_proj"."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, (list, tuple)):
-        return _label([str(_norm(v)) for v in value])
+        return target_label([str(norm_value(v)) for v in value])
     if isinstance(value, str):
         try:
             number = float(value)
@@ -72,7 +72,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _label(value: Any) -> Any:
+def target_label(value: Any) -> Any:
     from lora_jax.lora.naming import label_of_targets
 
     if isinstance(value, str):
@@ -83,9 +83,9 @@ def _label(value: Any) -> Any:
 
 
 def _axes(sweep: dict[str, Any]) -> dict[str, Any]:
-    out = {k: _norm(v) for k, v in sweep.items() if k not in MEASURED and v is not None}
+    out = {k: norm_value(v) for k, v in sweep.items() if k not in MEASURED and v is not None}
     if "targets" in sweep:
-        out["targets"] = _label(sweep["targets"])
+        out["targets"] = target_label(sweep["targets"])
     return out
 
 
@@ -127,9 +127,9 @@ def parse_overrides(lines: Iterable[str]) -> dict[str, Any]:
         value = value.strip().strip("'\"")
         if value.startswith("[") and value.endswith("]"):
             value = [v.strip().strip("'\"") for v in value[1:-1].split(",") if v.strip()]
-        axes[AXIS_ALIASES.get(key, key)] = _norm(value)
+        axes[AXIS_ALIASES.get(key, key)] = norm_value(value)
     if "targets" in axes:
-        axes["targets"] = _label(axes["targets"])
+        axes["targets"] = target_label(axes["targets"])
     return axes
 
 
@@ -245,5 +245,5 @@ def _axes_from_config(config: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, dict):
                 stack.append(value)
             elif key in wanted and key not in flat:
-                flat[key] = _norm(value)
+                flat[key] = norm_value(value)
     return flat

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from lora_jax.train import record
 from lora_jax.report.aggregate import cell_differences, describe_differences
-from lora_jax.report.collect import ReportError, Run, _label, _norm
+from lora_jax.report.collect import ReportError, Run, norm_value, target_label
 from lora_jax.report.stats import N_BOOT, SEED, PairedResult, mean_score, paired_bootstrap
+from lora_jax.train import record
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def parse_spec(spec: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep:
             raise ReportError(f"--compare spec {spec!r}: {part!r} is not axis=value")
-        out[key] = _label(value) if key == "targets" else _norm(value)
+        out[key] = target_label(value) if key == "targets" else norm_value(value)
     if not out:
         raise ReportError('--compare needs two non-empty specs such as "targets=q,v r=4"')
     return out

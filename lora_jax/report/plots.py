@@ -1,7 +1,8 @@
 """PNG plots for a sweep report: metric vs the column axis (log2) per row, and vs trainable params.
 
 One pair of plots per report section (a section = one value of the axes that split the sweep,
-e.g. alpha); error bars are the sample std over seeds (none for n=1 cells).
+e.g. alpha); error bars are the 95% Student-t interval of the mean over seeds, as in the
+tables (none for n=1 cells).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def plot_report(report: Report, out: Path) -> list[Path]:
                 else [section.cols.index(c.col) for c in cells]
             )
             ys = [c.mean for c in cells]
-            errs = [c.std or 0.0 for c in cells]
+            errs = [c.half or 0.0 for c in cells]
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(row))
         if positive:
             ax.set_xscale("log", base=2)
@@ -78,7 +79,7 @@ def plot_report(report: Report, out: Path) -> list[Path]:
                 ax.errorbar(
                     [c.trainable for c in mine],
                     [c.mean for c in mine],
-                    yerr=[c.std or 0.0 for c in mine],
+                    yerr=[c.half or 0.0 for c in mine],
                     marker="o",
                     capsize=3,
                     label=str(row),

@@ -4,7 +4,10 @@ Display rule (one, documented): a metric whose name starts with ``bleu``, ``roug
 ``meteor``, ``acc`` or ``exact_match`` and whose stored values all lie in [0, 1] is shown ×100
 with 1 decimal (BLEU 0.704 -> 70.4, as the paper prints it); every other metric (NIST, CIDEr,
 losses) is shown as stored with 2 decimals. ``report.md``/``.tex``/``.csv`` use display units,
-``runs.csv`` keeps the raw stored values. A cell reads ``mean ± std [95% CI] (trainable)``;
+``runs.csv`` keeps the raw stored values. A cell reads ``mean ± h (n=K, trainable)``, h the
+half-width of the 95% Student-t interval of the mean over the K seeds, t_{0.975, K−1}·s/√K
+(lora_jax.report.stats; no ± for K = 1); with ``--select-by`` it also gives the cell's picked
+lr. The title names the LoRA init of the runs (config ``lora.init``; "mixed" when they differ).
 "Best" is the highest mean, or the lowest for metrics named like a loss or perplexity.
 """
 
@@ -14,8 +17,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from lora_jax.report.aggregate import Cell, Report, Section, lower_is_better, metric_key
+from lora_jax.report.aggregate import Cell, Report, Section, init_of, metric_key
 from lora_jax.report.collect import Run
+from lora_jax.report.select import Selection, describe
+from lora_jax.report.stats import lower_is_better
 
 
 def fmt_params(n: int | None) -> str:
@@ -43,6 +48,16 @@ def fmt_stat(
     return text + ("" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]")
 
 
+def fmt_cell(cell: Cell, percent: bool) -> str:
+    """``mean ± h (n=K, trainable[, lr=…])``: h the 95% t half-width (none for K = 1)."""
+    extra = [f"n={cell.n}", fmt_params(cell.trainable)]
+    if cell.lr is not None:
+        extra.append(
+            f"lr={cell.lr.lr:.1e}" + ("" if cell.lr.edge is None else f" ({cell.lr.edge})")
+        )
+    return f"{fmt_stat(cell.mean, cell.half, percent)} ({', '.join(extra)})"
+
+
 def _axis_label(axis: str, value: Any) -> str:
     return f"{axis}={value}"
 
@@ -56,8 +71,7 @@ def best_cell(report: Report) -> tuple[Section, Cell]:
 def _seed_note(report: Report) -> str:
     ns = sorted({c.n for s in report.sections for c in s.cells.values()})
     span = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    note = f"Seeds per cell: {span} (mean ± sample std, ddof=1, [95% bootstrap interval of the mean over seeds]"
-    return note + ("; n=1 cells show neither)." if ns[0] == 1 else ").")
+    return f"Seeds per cell: {span}."
 
 
 def _table_rows(report: Report, section: Section, cell_fmt) -> tuple[list[str], list[list[str]]]:
@@ -82,21 +96,27 @@ def render_markdown(report: Report) -> str:
     percent = report.scales[key] == 100.0
     unit = " (×100)" if percent else ""
     lines = [
-        f"# Sweep report: {report.metric}{unit} by {report.rows_axis} × {report.cols_axis}",
+        f"# Sweep report: {report.metric}{unit} by {report.rows_axis} × {report.cols_axis}, "
+        f"init: {report.init}",
         "",
     ]
     n_ok = sum(c.n for s in report.sections for c in s.cells.values())
     lines.append(f"{n_ok} successful run(s), {len(report.failed)} failed. {_seed_note(report)}")
-    lines.append("Cells: mean ± std [95% CI] (trainable parameters); — = not run.")
+    picked = ", lr picked on validation: see below" if report.selection else ""
+    lines.append(
+        f"Cells: mean ± h (n seeds, trainable parameters{picked}), h = t_{{0.975, n−1}}·s/√n the "
+        "half-width of the 95% Student-t interval of the mean over seeds (s the sample std; "
+        "no interval at n=1); — = not run."
+    )
     lines.append("")
     for section in report.sections:
-        if section.fixed:
-            lines += ["## " + ", ".join(f"{a}={v}" for a, v in section.fixed.items()), ""]
-        header, body = _table_rows(
-            report,
-            section,
-            lambda c: f"{fmt_stat(c.mean, c.std, percent, ci=c.ci)} ({fmt_params(c.trainable)})",
-        )
+        heading = [f"{a}={v}" for a, v in section.fixed.items()]
+        if report.init == "mixed":
+            runs = [r for c in section.cells.values() for r in c.runs]
+            heading.append(f"init: {init_of(runs)}")
+        if heading:
+            lines += ["## " + ", ".join(heading), ""]
+        header, body = _table_rows(report, section, lambda c: fmt_cell(c, percent))
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines += [_pad(header, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         lines += [_pad(r, widths) for r in body] + [""]
@@ -104,20 +124,18 @@ def render_markdown(report: Report) -> str:
             for row in section.rows:
                 for col in section.cols:
                     if cell := section.cells.get((row, col)):
-                        lines.append(
-                            f"- {row}@{report.cols_axis}={col}: "
-                            f"{fmt_stat(cell.mean, cell.std, percent)} "
-                            f"({fmt_params(cell.trainable)}, n={cell.n})"
-                        )
+                        lines.append(f"- {row}@{report.cols_axis}={col}: {fmt_cell(cell, percent)}")
             lines.append("")
     section, cell = best_cell(report)
     where = "".join(f", {a}={v}" for a, v in section.fixed.items())
     lines.append(
         f"**Best cell** ({'lowest' if lower_is_better(report.metric) else 'highest'} mean): "
         f"{report.rows_axis}={cell.row}, {report.cols_axis}={cell.col}{where}: "
-        f"{fmt_stat(cell.mean, cell.std, percent)} ({fmt_params(cell.trainable)}, n={cell.n})"
+        f"{fmt_cell(cell, percent)}"
     )
     lines.append("")
+    if report.selection:
+        lines += render_selection(report.selection)
     if report.mixed:
         lines += [
             f"## Cells averaged over runs that differ beyond the seed ({len(report.mixed)})",
@@ -131,6 +149,26 @@ def render_markdown(report: Report) -> str:
             lines.append(f"- {run.name} [{axes}]: {run.error}")
         lines.append("")
     return "\n".join(lines)
+
+
+def render_selection(sel: Selection) -> list[str]:
+    """The lr picks as Markdown lines: per cell, the validation mean (seeds) at every lr."""
+    better = "lower" if sel.lower_is_better else "higher"
+    lines = [
+        f"## Learning rate per cell, picked by {sel.select_by} ({sel.key}, {better} is better; "
+        "mean over seeds)",
+        "",
+    ]
+    for c in sel.choices:
+        scores = "; ".join(
+            f"{'**' if lr == c.lr else ''}{lr:.1e}: {mean:.4g} (n={n}){'**' if lr == c.lr else ''}"
+            for lr, (mean, n) in c.scores.items()
+        )
+        lines.append(f"- {describe(c.axes)}: {scores} -> lr={c.lr:.1e}")
+    lines.append("")
+    if sel.warnings:
+        lines += [f"**Warning**: {w}." for w in sel.warnings] + [""]
+    return lines
 
 
 def _tex_escape(text: str) -> str:
@@ -154,8 +192,9 @@ def render_latex(report: Report) -> str:
     """One booktabs tabular per section (needs \\usepackage{booktabs})."""
     percent = report.scales[metric_key(report.metric)] == 100.0
     out = [
-        f"% {report.metric} by {report.rows_axis} x {report.cols_axis}: mean $\\pm$ sample std "
-        "over seeds (trainable parameters). Generated by python -m lora_jax.report."
+        f"% {report.metric} by {report.rows_axis} x {report.cols_axis}, init: {report.init}: "
+        "mean $\\pm$ half-width of the 95% Student-t interval over seeds (seeds, trainable "
+        "parameters). Generated by python -m lora_jax.report."
     ]
     for section in report.sections:
         if section.fixed:
@@ -164,8 +203,11 @@ def render_latex(report: Report) -> str:
             report,
             section,
             lambda c: (
-                fmt_stat(c.mean, c.std, percent, pm=TEX_PM)
-                + TEX_PARAMS.format(fmt_params(c.trainable))
+                fmt_stat(c.mean, c.half, percent, pm=TEX_PM)
+                + TEX_PARAMS.format(
+                    f"n={c.n}, {fmt_params(c.trainable)}"
+                    + ("" if c.lr is None else f", lr={c.lr.lr:.1e}")
+                )
             ),
         )
         header = [_tex_escape(h) for h in header]
@@ -179,7 +221,8 @@ def render_latex(report: Report) -> str:
 
 
 def write_cells_csv(report: Report, path: Path) -> None:
-    """One row per cell, display units: targets, r, n, mean, std, trainable, <metric>_mean/_std."""
+    """One row per cell, display units: targets, r, n, mean, std, the 95% t interval, trainable,
+    init, lr (the pick, with --select-by), <metric>_mean/_std."""
     keys = sorted(report.scales)
     fixed_axes = sorted({a for s in report.sections for a in s.fixed})
     with path.open("w", newline="") as f:
@@ -195,6 +238,8 @@ def write_cells_csv(report: Report, path: Path) -> None:
                 "ci_low",
                 "ci_high",
                 "trainable",
+                "init",
+                "lr",
                 "metric",
                 "scale",
             ]
@@ -216,6 +261,8 @@ def write_cells_csv(report: Report, path: Path) -> None:
                             c.std,
                             *(c.ci or (None, None)),
                             c.trainable,
+                            init_of(c.runs),
+                            None if c.lr is None else c.lr.lr,
                             metric_key(report.metric),
                             report.scales[metric_key(report.metric)],
                             *stats,

@@ -1,18 +1,27 @@
-"""Statistics of the report: mean ± std over seeds, a percentile bootstrap interval per cell,
-and the paired bootstrap over test items and seeds for ``--compare``.
+"""Statistics of the report: mean ± a Student-t interval over seeds per cell, and the paired
+bootstrap over test items and seeds for ``--compare``.
+
+Intervals over seeds: a handful of seeds (2-5) is too few for a bootstrap of the mean (its
+percentile interval is too narrow at small n; from 3 values it never reaches past the extreme
+ones), so a cell's 95% interval is the Student-t one, mean ± t_{0.975, n−1}·s/√n with s the
+sample std (ddof=1); none for n = 1. The t quantile is computed here (scipy is a test-only
+dependency) from the closed-form t CDF of integer degrees of freedom (Abramowitz & Stegun
+26.7.3-4), inverted by bisection; tests/sweeps/test_stats.py checks it against scipy.
 
 The paired bootstrap (Koehn 2004, "Statistical significance tests for machine translation
-evaluation"; sacrebleu's ``--paired-bs``): each replicate resamples the test items with
-replacement (the same items for both configurations) and the seeds with replacement (jointly
-when both configurations ran the same seeds, else independently), recomputes the corpus metric
-of every sampled seed from its per-item sufficient statistics (corpus BLEU is recomputed, not
-averaged from sentence scores), averages over the sampled seeds, and takes A − B. The interval
-is the 2.5/97.5 percentiles of the replicates; the two-sided p-value tests "no difference" by
-centring the replicates: p = (1 + #{|d_b − mean(d)| ≥ |d_obs|}) / (1 + B).
+evaluation"; sacrebleu's ``--paired-bs``) resamples eval items, hundreds of them: each replicate
+resamples the test items with replacement (the same items for both configurations) and the seeds
+with replacement (jointly when both configurations ran the same seeds, else independently),
+recomputes the corpus metric of every sampled seed from its per-item sufficient statistics
+(corpus BLEU is recomputed, not averaged from sentence scores), averages over the sampled seeds,
+and takes A − B. The interval is the 2.5/97.5 percentiles of the replicates; the two-sided
+p-value tests "no difference" by centring the replicates:
+p = (1 + #{|d_b − mean(d)| ≥ |d_obs|}) / (1 + B).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +29,12 @@ import numpy as np
 
 N_BOOT = 10_000
 SEED = 0
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity")
+
+
+def lower_is_better(metric: str) -> bool:
+    """The direction of a metric: lower is better for names with loss/ppl/perplexity."""
+    return any(word in metric.lower() for word in LOWER_IS_BETTER)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -28,17 +43,58 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
 
 
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, n_boot: int = N_BOOT, seed: int = SEED
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of ``values`` (None for fewer than 2)."""
+def t_cdf(t: float, df: int) -> float:
+    """P(T ≤ t) for Student's t with integer ``df`` ≥ 1, in closed form (A&S 26.7.3-4): with
+    θ = atan(t/√df), A = P(|T| ≤ |t|) is (2/π)·(θ + sinθ·cosθ·Σ_{k<(df−1)/2} c_k cos^{2k}θ)
+    for odd df (c_0 = 1, c_k = c_{k−1}·2k/(2k+1)) and sinθ·Σ_{k<df/2} d_k cos^{2k}θ for even
+    df (d_0 = 1, d_k = d_{k−1}·(2k−1)/(2k))."""
+    if not (isinstance(df, int) and df >= 1):
+        raise ValueError(f"df must be an integer >= 1; got {df!r}")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    term = total = 1.0
+    if df % 2:
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * 2 * k / (2 * k + 1)
+            total += term
+        a = 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+    else:
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        a = s * total
+    return 0.5 + math.copysign(0.5 * a, t)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with integer ``df`` (t_cdf inverted by bisection to the
+    last bit of a double)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1); got {p!r}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of ``values`` (seeds): mean ± t_{(1+level)/2, n−1}·s/√n,
+    s the sample std (ddof=1). None for fewer than 2 values."""
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    half = t_quantile(0.5 * (1.0 + level), v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    mean = float(v.mean())
+    return mean - half, mean + half
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,12 @@ def test_cli_writes_every_file(multirun: Path, tmp_path: Path, capsys) -> None:
     expected = _expected(multirun, "bleu")
     n, mean, std, trainable = expected[("q,v", 2)]
     qv_line = next(line for line in md.splitlines() if line.startswith("| q,v "))
-    assert f"{100 * mean:.1f} ± {100 * std:.1f} [" in qv_line  # then the bootstrap interval
-    assert f"] ({trainable / 1e3:.1f}K)" in qv_line
+    # mean ± the 95% Student-t half-width over the n seeds (scipy's quantile), then n
+    from scipy.stats import t as student_t
+
+    half = student_t.ppf(0.975, n - 1) * 100 * std / np.sqrt(n)
+    assert f"{100 * mean:.1f} ± {half:.1f} (n={n}, {trainable / 1e3:.1f}K)" in qv_line
+    assert md.startswith("# Sweep report: bleu (×100) by targets × r, init: unknown")  # no config
     assert "Failed runs (2" in md and "run-8" in md and "out of memory" in md
     assert "no results.json" in md
     assert "Seeds per cell: 2" in md and "Best cell" in md
@@ -231,7 +235,7 @@ def test_single_seed_equal_budget_and_percent_rule(tmp_path: Path) -> None:
     assert all(c.std is None for c in section.cells.values())
     md = rep.render_markdown(report)
     assert "±" not in md.split("Best cell")[0].split("— = not run.")[1]  # n=1: no ± in cells
-    assert "- q,v@r=4: 73.7 (18.00M, n=1)" in md  # the compact list of a sparse table
+    assert "- q,v@r=4: 73.7 (n=1, 18.00M)" in md  # the compact list of a sparse table
     assert "—" in md  # empty cells
     cider = rep.aggregate(rep.collect_runs(tmp_path), "cider")
     assert cider.scales["eval.cider"] == 1.0  # CIDEr shown as stored
@@ -386,3 +390,23 @@ def test_compare_paired_bootstrap_cli(tmp_path: Path, capsys) -> None:
     # a spec that selects nothing names the values present
     assert rep.main([str(tmp_path), "--compare", "targets=q,v", "targets=up,down"]) == 2
     assert "selects no successful run" in capsys.readouterr().err
+
+
+def test_header_names_the_init_of_the_runs(tmp_path: Path) -> None:
+    """The title carries config lora.init: the one name when the runs agree, "mixed" when they
+    differ (then each table heading gives its own), "unknown" without configs (above)."""
+    for i, (targets, init) in enumerate([("q", "kaiming"), ("q,v", "kaiming")]):
+        d = _write_run(tmp_path / "same", i, {"targets": targets, "r": 4, "seed": 0},
+                       {"eval": {"bleu": 0.6}})  # fmt: skip
+        _set(d, config={"lora": {"r": 4, "init": init}, "seed": 0})
+    md = rep.render_markdown(rep.aggregate(rep.collect_runs(tmp_path / "same"), "bleu"))
+    assert md.splitlines()[0] == "# Sweep report: bleu (×100) by targets × r, init: kaiming"
+    for i, (alpha, init) in enumerate([(8, "kaiming"), (32, "gaussian")]):
+        d = _write_run(tmp_path / "mixed", i, {"targets": "q", "r": 4, "seed": 0},
+                       {"eval": {"bleu": 0.6}})  # fmt: skip
+        _set(d, sweep__alpha=alpha, config={"lora": {"r": 4, "init": init}, "seed": 0})
+    report = rep.aggregate(rep.collect_runs(tmp_path / "mixed"), "bleu")
+    md = rep.render_markdown(report)
+    assert report.init == "mixed" and md.splitlines()[0].endswith(", init: mixed")
+    assert "## alpha=8, init: kaiming" in md and "## alpha=32, init: gaussian" in md
+    assert "init: mixed" in rep.render_latex(report)

@@ -1,34 +1,54 @@
-"""The report's statistics: the bootstrap interval of a mean and the paired bootstrap of a
-difference, against closed-form cases, an independent implementation (scipy / a plain loop),
-and sacrebleu's corpus BLEU of a resampled corpus."""
+"""The report's statistics: the Student-t interval of a mean over seeds and the paired
+bootstrap of a difference over test items, against closed-form cases, an independent
+implementation (scipy / a plain loop), and sacrebleu's corpus BLEU of a resampled corpus."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from lora_jax.report.compare import bleu_score, bleu_stats
-from lora_jax.report.stats import bootstrap_ci, mean_score, paired_bootstrap
+from lora_jax.report.stats import mean_score, paired_bootstrap, t_cdf, t_interval, t_quantile
 
 
-def test_bootstrap_ci_closed_form_and_scipy():
-    assert bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)  # no spread: the interval is the point
-    assert bootstrap_ci([1.0]) is None
-    # Large n: the percentile interval of the mean is mean ± 1.96·s/√n (CLT), s with ddof=0 as
-    # the bootstrap's plug-in estimate.
-    x = np.random.default_rng(1).normal(5.0, 2.0, size=400)
-    lo, hi = bootstrap_ci(x, n_boot=20_000)
-    half = 1.959964 * x.std() / np.sqrt(x.size)
-    assert lo == pytest.approx(x.mean() - half, abs=0.05 * half)
-    assert hi == pytest.approx(x.mean() + half, abs=0.05 * half)
-    # Same estimator as scipy's percentile bootstrap (different draws: agree to MC error).
-    from scipy.stats import bootstrap
+def test_t_quantile_and_cdf_equal_scipy():
+    from scipy import stats
 
-    small = np.array([61.2, 63.0, 64.1, 60.5, 62.7])
-    ref = bootstrap((small,), np.mean, method="percentile", n_resamples=20_000,
-                    random_state=0).confidence_interval  # fmt: skip
-    got = bootstrap_ci(small, n_boot=20_000)
-    assert got == pytest.approx((ref.low, ref.high), abs=0.1)
+    for df in [*range(1, 41), 60, 120, 500]:
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10)
+            assert t_quantile(1 - p, df) == pytest.approx(stats.t.ppf(1 - p, df), rel=1e-10)
+        for x in (-7.5, -1.0, 0.0, 0.3, 2.0, 40.0):
+            assert t_cdf(x, df) == pytest.approx(stats.t.cdf(x, df), abs=1e-14)
+    # Printed tables (e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2, upper 0.025 critical values):
+    # df 1 -> 12.706, 2 -> 4.303, 4 -> 2.776, 9 -> 2.262, 30 -> 2.042; df 1 exactly tan(0.475π).
+    for df, value in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042)]:
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=5e-4)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(0.475 * math.pi), rel=1e-12)
+    assert t_quantile(0.975, 2) == pytest.approx(math.sqrt(2 / (1 - 0.95**2) - 2), rel=1e-12)
+    assert t_quantile(0.5, 7) == 0.0
+
+
+def test_t_interval_equals_scipy_t_interval():
+    from scipy import stats
+
+    cases = [[61.2, 63.0, 64.1], [70.38, 69.57], [0.704, 0.701, 0.707, 0.699, 0.71],
+             list(np.random.default_rng(1).normal(5.0, 2.0, size=12))]  # fmt: skip
+    for values in cases:
+        v = np.asarray(values)
+        ref = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+        assert t_interval(values) == pytest.approx(ref, rel=1e-12)
+        ref90 = stats.t.interval(0.9, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+        assert t_interval(values, level=0.9) == pytest.approx(ref90, rel=1e-12)
+    # By hand, n = 3: mean 62.7667, s² = (1.5667² + 0.2333² + 1.3333²)/2 = 2.14333,
+    # s = 1.464013, t_{0.975, 2} = 4.302653 -> ± 4.302653·1.464013/√3 = 3.63681
+    lo, hi = t_interval([61.2, 63.0, 64.1])
+    assert (lo + hi) / 2 == pytest.approx(62.766667, abs=1e-6)
+    assert (hi - lo) / 2 == pytest.approx(3.63681, abs=1e-5)
+    assert t_interval([3.0, 3.0, 3.0]) == (3.0, 3.0)  # no spread: the interval is the point
+    assert t_interval([1.0]) is None  # n = 1: no interval
 
 
 def _as_stats(scores: np.ndarray) -> np.ndarray:

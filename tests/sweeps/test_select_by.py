@@ -1,0 +1,178 @@
+"""``python -m lora_jax.report DIR --select-by val_loss|val_<metric>`` on hand-made run records:
+each cell (recipe minus optim.lr) gets the lr with the best mean validation score over seeds,
+the table shows the test metrics of that lr's runs and the lr, and a pick at the edge of the
+grid is warned about. Expected values are computed here by hand from the numbers written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lora_jax import report as rep
+
+GRID = (1e-4, 3e-4, 1e-3)
+SEEDS = (0, 1, 2)
+
+
+def _write(root: Path, idx: int, targets: str, r: int, lr: float, seed: int, val: dict,
+           bleu: float, init: str = "kaiming") -> Path:  # fmt: skip
+    """One run dir with a results.json in the run-record schema (lora_jax/train/record.py)."""
+    run_dir = root / str(idx)
+    run_dir.mkdir(parents=True)
+    record = {
+        "status": "ok",
+        "error": None,
+        "run": {"name": f"run-{idx}", "dir": str(run_dir)},
+        "config": {
+            "lora": {"targets": targets, "r": r, "alpha": 16, "init": init},
+            "optim": {"name": "adamw", "lr": lr},
+            "seed": seed,
+            "name": f"run-{idx}",
+        },
+        "sweep": {
+            "sweep": "lr_grid",
+            "model": "tiny",
+            "task": "e2e",
+            "targets": targets,
+            "r": r,
+            "alpha": 16.0,
+            "lr": lr,
+            "seed": seed,
+        },  # fmt: skip
+        "params": {"trainable": 100 * r},
+        "metrics": {"eval": {"bleu": bleu}, "validation": val},
+        "main_metric": "bleu",
+    }
+    (run_dir / "results.json").write_text(json.dumps(record))
+    return run_dir
+
+
+# Validation loss per (cell, lr) over the 3 seeds; test BLEU per (cell, lr, seed) below.
+VAL = {
+    ("q,v", 4): {1e-4: [2.30, 2.34, 2.29], 3e-4: [2.21, 2.30, 2.20], 1e-3: [2.25, 2.24, 2.26]},
+    ("q", 4): {1e-4: [2.60, 2.58, 2.61], 3e-4: [2.50, 2.49, 2.52], 1e-3: [2.40, 2.45, 2.41]},
+}
+
+
+def _bleu(cell: tuple[str, int], lr: float, seed: int) -> float:
+    return 0.60 + 0.01 * GRID.index(lr) + 0.002 * seed + (0.05 if cell[0] == "q,v" else 0.0)
+
+
+@pytest.fixture
+def lr_sweep(tmp_path: Path) -> Path:
+    idx = 0
+    for cell, by_lr in VAL.items():
+        for lr, losses in by_lr.items():
+            for seed, loss in zip(SEEDS, losses):
+                # validation.bleu is high where the loss is low, but not at the same lr for q
+                vbleu = 0.5 - loss / 10 + (0.05 if (cell[0] == "q" and lr == 3e-4) else 0.0)
+                _write(tmp_path, idx, *cell, lr, seed, {"loss": loss, "bleu": vbleu},
+                       _bleu(cell, lr, seed))  # fmt: skip
+                idx += 1
+    return tmp_path
+
+
+def _grid_order() -> list[tuple[tuple[str, int], float, int]]:
+    """(cell, lr, seed) in the order the fixture writes run-0, run-1, ..."""
+    return [(cell, lr, s) for cell, by_lr in VAL.items() for lr in by_lr for s in SEEDS]
+
+
+def _by_hand(select: str) -> dict[tuple[str, int], float]:
+    """The lr with the best mean over seeds: lowest validation loss, highest validation bleu."""
+    out = {}
+    for cell, by_lr in VAL.items():
+        means = {lr: float(np.mean(v)) for lr, v in by_lr.items()}
+        if select == "val_loss":
+            out[cell] = min(means, key=means.get)
+        else:
+            bleu = {lr: 0.5 - m / 10 + (0.05 if (cell[0] == "q" and lr == 3e-4) else 0.0)
+                    for lr, m in means.items()}  # fmt: skip
+            out[cell] = max(bleu, key=bleu.get)
+    return out
+
+
+def test_picked_lr_and_test_metrics_equal_a_by_hand_computation(lr_sweep: Path) -> None:
+    # by hand: q,v means 2.3100 / 2.2367 / 2.2500 -> 3e-4; q means 2.5967 / 2.5033 / 2.4200 -> 1e-3
+    assert _by_hand("val_loss") == {("q,v", 4): 3e-4, ("q", 4): 1e-3}
+    report = rep.aggregate(rep.collect_runs(lr_sweep), "bleu", select_by="val_loss")
+    cells = report.sections[0].cells
+    for cell, lr in _by_hand("val_loss").items():
+        got = cells[cell]
+        assert got.lr.lr == lr and got.n == len(SEEDS)
+        assert {r.name for r in got.runs} == {
+            f"run-{i}" for i, (c, x, _) in enumerate(_grid_order()) if (c, x) == (cell, lr)
+        }
+        bleu = [100 * _bleu(cell, lr, s) for s in SEEDS]  # BLEU fractions are shown x100
+        assert got.mean == pytest.approx(np.mean(bleu), rel=1e-12)
+        assert got.std == pytest.approx(np.std(bleu, ddof=1), rel=1e-12)
+        assert list(got.lr.scores) == list(GRID) and got.lr.grid == list(GRID)
+        for x in GRID:
+            assert got.lr.scores[x] == (pytest.approx(np.mean(VAL[cell][x]), rel=1e-12), 3)
+    assert report.init == "kaiming" and not report.failed
+
+
+def test_val_metric_is_higher_is_better(lr_sweep: Path) -> None:
+    # q,v's highest mean validation bleu is at its lowest mean loss (3e-4); q's is at 3e-4, not
+    # at its lowest loss (1e-3): the +0.05 there outweighs the loss difference 0.0833/10
+    expected = _by_hand("val_bleu")
+    assert expected == {("q,v", 4): 3e-4, ("q", 4): 3e-4}
+    report = rep.aggregate(rep.collect_runs(lr_sweep), "bleu", select_by="val_bleu")
+    for cell, lr in expected.items():
+        assert report.sections[0].cells[cell].lr.lr == lr
+    assert report.selection.key == "validation.bleu" and not report.selection.lower_is_better
+    assert not report.selection.warnings  # both picks are inside the grid
+
+
+def test_cli_prints_the_lr_and_warns_at_the_edge(lr_sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert rep.main([str(lr_sweep), "--select-by", "val_loss", "--out", str(out),
+                     "--no-plots"]) == 0  # fmt: skip
+    printed = capsys.readouterr()
+    md = (out / "report.md").read_text()
+    qv = next(line for line in md.splitlines() if line.startswith("| q,v "))
+    q = next(line for line in md.splitlines() if line.startswith("| q "))
+    assert "lr=3.0e-04)" in qv  # inside the grid: no edge mark
+    assert "lr=1.0e-03 (largest)" in q
+    # q's pick is the grid's largest lr: one warning, in the report and on stderr; none for q,v
+    assert printed.err.count("warning:") == 1
+    assert "targets=q: the picked lr 1.0e-03 is the largest of the grid" in printed.err
+    assert "**Warning**: targets=q: the picked lr 1.0e-03 is the largest" in md
+    assert "targets=q,v: the picked lr" not in md
+    assert "**3.0e-04: 2.237 (n=3)**" in md  # q,v's mean validation loss at its pick
+    with (out / "report.csv").open() as f:
+        rows = {(r["targets"], int(r["r"])): r for r in csv.DictReader(f)}
+    assert {k: float(r["lr"]) for k, r in rows.items()} == _by_hand("val_loss")
+    with (out / "runs.csv").open() as f:  # every run stays in runs.csv, picked or not
+        assert len(list(csv.DictReader(f))) == len(_grid_order())
+
+
+def test_smallest_lr_pick_warns_and_a_diverged_lr_is_never_picked(tmp_path: Path) -> None:
+    """One cell: the smallest lr wins; the largest has a nan seed (diverged), so its mean is
+    not finite even though its other seeds have the lowest losses."""
+    val = {1e-4: [2.0, 2.1], 3e-4: [2.2, 2.3], 1e-3: [float("nan"), 1.0]}
+    idx = 0
+    for lr, losses in val.items():
+        for seed, loss in enumerate(losses):
+            _write(tmp_path, idx, "q,v", 8, lr, seed, {"loss": loss}, 0.6)
+            idx += 1
+    report = rep.aggregate(rep.collect_runs(tmp_path), "bleu", select_by="val_loss")
+    choice = report.sections[0].cells[("q,v", 8)].lr
+    assert choice.lr == 1e-4 and choice.edge == "smallest"
+    (warning,) = report.selection.warnings
+    assert "smallest of the grid" in warning and "widen the grid" in warning
+
+
+def test_runs_without_the_validation_metric_are_listed_and_bad_names_refused(
+    lr_sweep: Path, capsys
+) -> None:
+    _write(lr_sweep, 99, "q", 4, 3e-4, 5, {}, 0.7)  # validation was off in this run
+    report = rep.aggregate(rep.collect_runs(lr_sweep), "bleu", select_by="val_loss")
+    (failed,) = report.failed
+    assert failed.name == "run-99" and "no validation.loss" in failed.error
+    assert report.sections[0].cells[("q", 4)].n == len(SEEDS)  # not averaged in
+    assert rep.main([str(lr_sweep), "--select-by", "loss", "--no-plots"]) == 2
+    assert "val_loss or val_<metric>" in capsys.readouterr().err
