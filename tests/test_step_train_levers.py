@@ -11,7 +11,7 @@ import gc
 import jax
 import numpy as np
 
-from lora_jax.run import app as train
+from lora_jax.train import adapters, engine
 from tests.train.app import run_in_process, tiny_overrides
 
 BASE = ["lora=all", "lora.r=4", "optim.lr=3e-2", "trainer.max_steps=4", "trainer.log_every=1",
@@ -29,7 +29,7 @@ def _probe(monkeypatch) -> dict:
     """Device bytes the run holds (live jax arrays minus those alive when it loaded the model)
     inside the first train step call, and when it starts evaluating; the frozen base's bytes."""
     seen: dict = {}
-    load, make_step, evaluate = train.load_model, train.make_train_step, train.evaluate
+    load, make_step, decode = engine.load_for_run, adapters.make_train_step, engine.decode_items
 
     def load_model(*a, **k):
         seen["base"] = _live_bytes()
@@ -47,13 +47,13 @@ def _probe(monkeypatch) -> dict:
 
         return probed
 
-    def evaluate_probed(*a, **k):
+    def decode_probed(*a, **k):
         seen.setdefault("eval", _live_bytes() - seen["base"])
-        return evaluate(*a, **k)
+        return decode(*a, **k)
 
-    monkeypatch.setattr(train, "load_model", load_model)
-    monkeypatch.setattr(train, "make_train_step", make_train_step)
-    monkeypatch.setattr(train, "evaluate", evaluate_probed)
+    monkeypatch.setattr(engine, "load_for_run", load_model)
+    monkeypatch.setattr(adapters, "make_train_step", make_train_step)
+    monkeypatch.setattr(engine, "decode_items", decode_probed)
     return seen
 
 

@@ -55,14 +55,7 @@ def coco_scores(
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    n = len(hyps)
-    # One tokenizer run for both sides (tokenization is line by line, so this equals two runs).
-    joint = {i: list(refs[i]) for i in range(n)}
-    joint.update({n + i: [hyps[i]] for i in range(n)})
-    tok = ptb_tokenize(joint)
-    gts = {i: tok[i] for i in range(n)}
-    res = {i: tok[n + i] for i in range(n)}
-
+    gts, res = _tokenized(hyps, refs)
     out = {}
     out["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     out["cider"] = float(Cider().compute_score(gts, res)[0])
@@ -72,6 +65,32 @@ def coco_scores(
         out["meteor"] = None
         out["meteor_unavailable"] = f"METEOR 1.5 (Java) failed: {type(err).__name__}: {err}"
     return out
+
+
+def _tokenized(
+    hyps: Sequence[str], refs: Sequence[Sequence[str]]
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """PTB-tokenized ({i: refs}, {i: [hyp]}) in the COCO layout."""
+    n = len(hyps)
+    # One tokenizer run for both sides (tokenization is line by line, so this equals two runs).
+    joint = {i: list(refs[i]) for i in range(n)}
+    joint.update({n + i: [hyps[i]] for i in range(n)})
+    tok = ptb_tokenize(joint)
+    return {i: tok[i] for i in range(n)}, {i: tok[n + i] for i in range(n)}
+
+
+def rouge_l_items(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> list[float] | None:
+    """Per-item ROUGE-L (pycocoevalcap, after PTB tokenization, max over references) as
+    fractions; their mean is :func:`coco_scores`' ``rouge_l``. None when Java cannot run."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"got {len(hyps)} hypotheses but {len(refs)} reference groups")
+    if java_available() is not None:
+        return None
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = _tokenized(hyps, refs)
+    _, per_item = Rouge().compute_score(gts, res)
+    return [float(x) for x in per_item]
 
 
 def meteor_score(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:

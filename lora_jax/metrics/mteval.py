@@ -36,6 +36,9 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from lora_jax.errors import ConfigError
 
@@ -85,35 +88,60 @@ def _check(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
             raise ValueError(f"reference group {i} must be a non-empty list of strings")
 
 
+def bleu_stats(hyp: str, refs: Sequence[str], max_n: int = 4) -> list[int]:
+    """One segment's BLEU sufficient statistics, ``[hyp_len, ref_len, matches_1..max_n,
+    totals_1..max_n]`` (integers): the clipped n-gram matches against the max count over the
+    references, the hypothesis n-gram counts, the hypothesis length and the effective reference
+    length (the reference closest in length, ties -> the shorter), all after lower-cased 13a
+    tokenization. Summed over segments they give :func:`corpus_bleu` through
+    :func:`bleu_of_stats`."""
+    if isinstance(refs, str) or len(refs) == 0:
+        raise ValueError("a reference group must be a non-empty list of strings")
+    h = tokenize_13a(hyp)
+    rs = [tokenize_13a(r) for r in refs]
+    matches, totals = [], []
+    for n in range(1, max_n + 1):
+        rc = _max_ref_counts(rs, n)
+        matches.append(sum(min(c, rc[g]) for g, c in _ngrams(h, n).items()))
+        totals.append(max(0, len(h) - n + 1))
+    ref_len = len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
+    return [len(h), ref_len, *matches, *totals]
+
+
+def bleu_of_stats(stats: Any) -> Any:
+    """Corpus BLEU (a fraction) of summed :func:`bleu_stats` ``[..., 2 + 2·max_n]``, vectorized
+    over leading axes (a float for one vector): mteval-v13a's formula, BP = exp(min(0, 1 − r/c)),
+    an order with no hypothesis n-grams contributes log(1), the k-th order with zero matches
+    contributes log(1 / (2^k · total)); 0 when the hypotheses are empty."""
+    s = np.asarray(stats, dtype=float)
+    max_n = (s.shape[-1] - 2) // 2
+    if s.shape[-1] != 2 + 2 * max_n or max_n < 1:
+        raise ValueError(f"BLEU statistics need 2 + 2*max_n values per row; got {s.shape[-1]}")
+    hyp_len, ref_len = s[..., 0], s[..., 1]
+    log_sum = np.zeros(s.shape[:-1])
+    smooth = np.ones(s.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(max_n):
+            m, t = s[..., 2 + k], s[..., 2 + max_n + k]
+            zero = (t > 0) & (m == 0)
+            smooth = np.where(zero, 2.0 * smooth, smooth)
+            term = np.where(zero, np.log(1.0 / (smooth * t)), np.log(m / t))
+            log_sum = log_sum + np.where(t > 0, term, 0.0)
+        bp = np.exp(np.minimum(0.0, 1.0 - ref_len / hyp_len))
+        out = np.where(hyp_len > 0, bp * np.exp(log_sum / max_n), 0.0)
+    return float(out) if out.ndim == 0 else out
+
+
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Corpus BLEU as a fraction (0.704, not 70.4). hyps: [N]; refs: [N][n_refs_i]."""
+    """Corpus BLEU as a fraction (0.704, not 70.4). hyps: [N]; refs: [N][n_refs_i].
+
+    Computed as :func:`bleu_of_stats` of the summed per-segment :func:`bleu_stats`, so the
+    per-item statistics a run stores (lora_jax.tasks.E2ETask.item_scores) reproduce it exactly."""
     _check(hyps, refs)
-    matches = [0] * max_n
-    totals = [0] * max_n
-    hyp_len = ref_len = 0
+    total = np.zeros(2 + 2 * max_n, dtype=np.int64)
     for hyp, group in zip(hyps, refs):
-        h = tokenize_13a(hyp)
-        rs = [tokenize_13a(r) for r in group]
-        for n in range(1, max_n + 1):
-            hc = _ngrams(h, n)
-            rc = _max_ref_counts(rs, n)
-            matches[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
-            totals[n - 1] += max(0, len(h) - n + 1)
-        hyp_len += len(h)
-        ref_len += len(min(rs, key=lambda r: (abs(len(r) - len(h)), len(r))))
-    if hyp_len == 0:
-        return 0.0
-    log_sum, smooth = 0.0, 1.0
-    for m, t in zip(matches, totals):
-        if t == 0:
-            continue  # mteval-v13a: an order with no hypothesis n-grams contributes log(1)
-        if m == 0:
-            smooth *= 2
-            log_sum += math.log(1.0 / (smooth * t))
-        else:
-            log_sum += math.log(m / t)
-    bp = math.exp(min(0.0, 1.0 - ref_len / hyp_len))
-    return bp * math.exp(log_sum / max_n)
+        total += np.asarray(bleu_stats(hyp, group, max_n), dtype=np.int64)
+    return bleu_of_stats(total)
 
 
 def nist_length_penalty(hyp_len: float, ref_len: float) -> float:

@@ -186,25 +186,40 @@ def execute(conn: sqlite3.Connection, table: dict, q: Query) -> list | None:
         return None
 
 
-def wikisql_scores(preds: list[str], golds: list[Query], tables: list[dict]) -> dict[str, float]:
-    """lf_acc and ex_acc (fractions). preds: [N] SQL text; golds: [N]; tables: [N] hub tables."""
+def wikisql_item_scores(
+    preds: list[str], golds: list[Query], tables: list[dict]
+) -> list[dict[str, float]]:
+    """Per example: lf_acc (logical-form match) and ex_acc (execution match), 1.0 or 0.0.
+    preds: [N] SQL text; golds: [N]; tables: [N] hub tables."""
     if not (len(preds) == len(golds) == len(tables)):
         raise ValueError(
             f"got {len(preds)} predictions, {len(golds)} gold queries and {len(tables)} tables; "
             "they must line up one per example"
         )
-    if not preds:
-        raise ValueError("no predictions to score")
-    lf = ex = 0
+    out = []
     for text, gold, table in zip(preds, golds, tables):
         pred = parse_query(text, list(table["header"]))
         if pred is None:
+            out.append({"lf_acc": 0.0, "ex_acc": 0.0})
             continue
-        lf += pred.key() == gold.key()
         conn = build_table(table)
-        gold_result = execute(conn, table, gold)
-        pred_result = execute(conn, table, pred)
-        ex += pred_result is not None and pred_result == gold_result
-        conn.close()
-    n = len(preds)
-    return {"lf_acc": lf / n, "ex_acc": ex / n}
+        try:
+            gold_result = execute(conn, table, gold)
+            pred_result = execute(conn, table, pred)
+        finally:
+            conn.close()
+        out.append({
+            "lf_acc": float(pred.key() == gold.key()),
+            "ex_acc": float(pred_result is not None and pred_result == gold_result),
+        })  # fmt: skip
+    return out
+
+
+def wikisql_scores(preds: list[str], golds: list[Query], tables: list[dict]) -> dict[str, float]:
+    """lf_acc and ex_acc (fractions): the means of :func:`wikisql_item_scores`."""
+    items = wikisql_item_scores(preds, golds, tables)
+    if not items:
+        raise ValueError("no predictions to score")
+    n = len(items)
+    return {"lf_acc": sum(it["lf_acc"] for it in items) / n,
+            "ex_acc": sum(it["ex_acc"] for it in items) / n}  # fmt: skip

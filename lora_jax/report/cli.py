@@ -10,6 +10,7 @@ from pathlib import Path
 from lora_jax.report.aggregate import aggregate, default_metric
 from lora_jax.report.collect import ReportError, collect_runs, collect_wandb_runs
 from lora_jax.report.compare import compare, render_compare
+from lora_jax.report.matched import DEFAULT_TOL, match_params, write_matched
 from lora_jax.report.render import write_report
 
 USAGE = """\
@@ -17,6 +18,7 @@ USAGE = """\
                               [--rows targets --cols r] [--split lr] [--allow-mixed]
     python -m lora_jax.report multirun/lr_grid/STAMP --select-by val_loss   (each cell at its best lr)
     python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
+    python -m lora_jax.report multirun/matched_params/STAMP --match-params [--match-tol 0.02]
     python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
 """
 
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lora_jax.report",
         description="Sweep results -> the rank x target table (Markdown, CSV, LaTeX, plots), "
         "with mean ± the 95% Student-t interval over seeds (n shown); --select-by picks each "
-        "cell's lr on validation; --compare runs the paired bootstrap over test items and seeds.",
+        "cell's lr on validation; --compare runs the paired bootstrap over test items and seeds; "
+        "--match-params puts target sets side by side at equal trainable-parameter count.",
         usage=USAGE,
     )
     p.add_argument("multirun_dir", nargs="?", help="Hydra multirun dir (multirun/NAME/STAMP)")
@@ -55,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help='paired bootstrap of A − B; A, B: "axis=value ..." selecting runs')  # fmt: skip
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--compare)")
+    p.add_argument("--match-params", action="store_true",
+                   help="instead of the rank x target table: rows of equal trainable-parameter "
+                   "count (the runs' recorded params.trainable), one column per target set, each "
+                   "cell mean ± the 95%% t interval at its r (writes matched.md, matched.csv)")  # fmt: skip
+    p.add_argument("--match-tol", type=float, default=DEFAULT_TOL, metavar="REL",
+                   help="--match-params: counts share a row when (largest − smallest) ≤ REL × "
+                   "largest (default %(default)s = 1%%; 0 = equal counts only)")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
 
@@ -66,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give exactly one of: a multirun dir, or --wandb ENTITY/PROJECT")
     if args.compare and args.select_by:
         parser.error("--select-by is for the table; with --compare put lr=<value> in A and B")
+    if args.match_params and (args.compare or (args.rows, args.cols) != ("targets", "r")):
+        parser.error("--match-params tabulates target sets at r; drop --compare/--rows/--cols")
+    if not 0 <= args.match_tol < 1:
+        parser.error(f"--match-tol must be in [0, 1); got {args.match_tol}")
     try:
         runs = (
             collect_wandb_runs(args.wandb, args.group)
@@ -85,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in report.selection.warnings if report.selection else ():
         print(f"warning: {warning}", file=sys.stderr)
     out = args.out or (Path(args.multirun_dir) / "report" if args.multirun_dir else Path("report"))
+    if args.match_params:
+        paths = write_matched(match_params(report, args.match_tol), out)
+        print(paths["matched.md"].read_text())
+        print(f"wrote {', '.join(sorted(paths))} to {out}")
+        return 0
     paths = write_report(report, out, plots=not args.no_plots)
     print(paths["report.md"].read_text())
     print(f"wrote {', '.join(sorted(paths))} to {out}")

@@ -46,7 +46,7 @@ def test_wheel_ships_the_config_tree_and_the_installed_app_composes(tmp_path):
     )  # fmt: skip
     code = (
         "from hydra import compose, initialize_config_dir\n"
-        "from lora_jax import schema\n"
+        "from lora_jax.run import schema\n"
         "schema.register()\n"
         "with initialize_config_dir(config_dir=str(schema.conf_dir()), version_base='1.3'):\n"
         "    cfg = compose('config', ['experiment=e2e_paper_gpt2m'])\n"
