@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[1] / "lora_jax"
 
 # The stages in data-flow order: a package may import its own stage and earlier ones only.
 STAGE = {
-    "console": 0, "errors": 0,
+    "console": 0, "errors": 0, "ranges": 0,
     "lora": 1, "models": 1, "quant": 1, "tasks": 1, "metrics": 1,
     "eval": 2,
     "train": 3,

@@ -13,7 +13,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-INITS = ("gaussian", "kaiming")
+from lora_jax.errors import ConfigError
+from lora_jax.ranges import CHOICES, check_value
+
+INITS = CHOICES["lora.init"]
 # Presets and short names: one source of truth, read by targeting. "attn" = Wq,Wk,Wv,Wo (the
 # paper's Table 5/6 widest row); "mlp" = the feed-forward projections (GPT-2 has no gate).
 SHORT_NAMES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -34,7 +37,7 @@ PEFT_NAMES = {
     "init_lora_weights": "init",
     "use_rslora": "scaling",
 }
-SCALINGS = ("standard", "rslora")
+SCALINGS = CHOICES["lora.scaling"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,42 +86,32 @@ class LoraConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_rank("lora.r", self.r)
         if self.alpha is None:
-            raise ValueError(
+            raise ConfigError(
                 "lora.alpha is null; it no longer means alpha = r (that ties the scale to the "
                 "rank). Give a number: 8 (the default, PEFT's), or lora.alpha=<r> for scale 1"
             )
-        if not (_is_number(self.alpha) and self.alpha > 0):
-            raise ValueError(f"lora.alpha must be a number > 0; got {self.alpha!r}")
-        if self.init not in INITS:
-            raise ValueError(
-                f"lora.init={self.init!r} is unknown; allowed values: {', '.join(INITS)}"
-            )
-        if self.scaling not in SCALINGS:
-            raise ValueError(
-                f"lora.scaling={self.scaling!r} is unknown; allowed values: {', '.join(SCALINGS)}"
-            )
-        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout!r}")
+        # the same table and messages as the app's check before loading (lora_jax.ranges)
+        for key in ("r", "alpha", "dropout", "init", "scaling"):
+            check_value(f"lora.{key}", getattr(self, key))
         if isinstance(self.targets, str):
             if not self.targets:
-                raise ValueError(
+                raise ConfigError(
                     "lora.targets is empty; use a preset such as 'qv' or a list of names"
                 )
         elif not self.targets:
-            raise ValueError("lora.targets is an empty list; name at least one module")
+            raise ConfigError("lora.targets is an empty list; name at least one module")
         if isinstance(self.targets, str) and not _is_name(self.targets):
             _check_regex("lora.targets", self.targets)
             if self.layers is not None:
-                raise ValueError(
+                raise ConfigError(
                     f"lora.layers cannot be combined with the regex lora.targets={self.targets!r} "
                     "(as in PEFT); put the layer indices in the regex, e.g. "
                     r"'h\.(0|1)\.attn\.c_attn', or pass targets as a list"
                 )
         if isinstance(self.exclude_modules, str):
             if not self.exclude_modules:
-                raise ValueError("lora.exclude_modules is an empty string; use null for none")
+                raise ConfigError("lora.exclude_modules is an empty string; use null for none")
             if not _is_name(self.exclude_modules):
                 _check_regex("lora.exclude_modules", self.exclude_modules)
         for key, value in self.rank_pattern.items():
@@ -127,11 +120,11 @@ class LoraConfig:
         for key, value in self.alpha_pattern.items():
             _check_regex("lora.alpha_pattern", key)
             if not (_is_number(value) and value > 0):
-                raise ValueError(f"lora.alpha_pattern[{key!r}] must be a number > 0; got {value!r}")
+                raise ConfigError(f"lora.alpha_pattern[{key!r}]={value!r}: must be > 0")
         if self.layers is not None:
             for i in self.layer_list:
                 if not isinstance(i, int) or isinstance(i, bool):
-                    raise ValueError(f"lora.layers must hold integer layer indices; got {i!r}")
+                    raise ConfigError(f"lora.layers must hold integer layer indices; got {i!r}")
 
     @property
     def target_list(self) -> tuple[str, ...]:
@@ -158,7 +151,7 @@ class LoraConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             hints = [f"{k!r} is called {PEFT_NAMES[k]!r} here" for k in unknown if k in PEFT_NAMES]
-            raise ValueError(
+            raise ConfigError(
                 f"unknown lora config keys {unknown}; allowed: {sorted(names)}"
                 + (f" ({'; '.join(hints)})" if hints else "")
             )
@@ -185,12 +178,15 @@ def _is_number(x: Any) -> bool:
 
 
 def _check_rank(field: str, r: Any) -> None:
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise ValueError(f"{field} must be an integer > 0; got {r!r}")
+    """``lora.rank_pattern['q']=0: must be >= 1``: lora_jax.train.checks' message for it."""
+    if not isinstance(r, int) or isinstance(r, bool):
+        raise ConfigError(f"{field}={r!r}: must be an integer >= 1")
+    if r <= 0:
+        raise ConfigError(f"{field}={r!r}: must be >= 1")
 
 
 def _check_regex(field: str, pattern: str) -> None:
     try:
         re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"{field} key {pattern!r} is not a valid regex: {e}") from None
+        raise ConfigError(f"{field} key {pattern!r} is not a valid regex: {e}") from None

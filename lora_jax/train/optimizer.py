@@ -9,19 +9,16 @@ from typing import Any
 
 import optax
 
-from lora_jax.errors import ConfigError
 from lora_jax.lora import make_optimizer
+from lora_jax.ranges import CHOICES, check_value
 
-SCHEDULES = ("linear", "cosine", "constant")
+SCHEDULES = CHOICES["optim.schedule"]
 
 
 def schedule(lr: float, total_steps: int, warmup_steps: int, kind: str) -> optax.Schedule:
     """Linear warmup from 0 over ``warmup_steps``, then decay to 0 at ``total_steps``
     (the original LoRA code's get_linear_schedule_with_warmup), cosine, or constant."""
-    if kind not in SCHEDULES:
-        raise ConfigError(
-            f"optim.schedule={kind!r} is unknown; allowed values: {', '.join(SCHEDULES)}"
-        )
+    check_value("optim.schedule", kind)  # lora_jax.ranges: the app check's message
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps - warmup_steps, 1)
     if kind == "linear":
@@ -43,10 +40,8 @@ def build_optimizer(
     """``total_steps`` counts optimizer updates (after accumulation). The transform updates the
     LoRA tree's A and B (lora_jax.lora.optim labels), or with ``every_leaf`` every leaf of the
     tree it is given (full fine-tuning: the base params)."""
-    if cfg["name"] != "adamw":
-        raise ConfigError(f"optim.name={cfg['name']!r} is unknown; allowed values: adamw")
-    if cfg["grad_accum"] < 1:
-        raise ConfigError(f"optim.grad_accum must be >= 1; got {cfg['grad_accum']}")
+    for key in ("name", "grad_accum"):  # the app check's messages (lora_jax.ranges)
+        check_value(f"optim.{key}", cfg[key])
     lr = schedule(cfg["lr"], total_steps, cfg["warmup_steps"], cfg["schedule"])
     parts = []
     if cfg.get("grad_clip"):

@@ -55,18 +55,18 @@ def test_peft_key_names_get_our_name():
 @pytest.mark.parametrize(
     "kw, pattern",
     [
-        ({"r": 0}, r"lora.r must be an integer > 0"),
-        ({"r": -2}, r"lora.r must be an integer > 0"),
-        ({"r": 2.5}, r"lora.r must be an integer > 0"),
-        ({"alpha": 0}, r"lora.alpha must be a number > 0"),
-        ({"alpha": -1.0}, r"lora.alpha must be a number > 0"),
-        ({"init": "xavier"}, r"lora.init='xavier' is unknown; allowed values: gaussian, kaiming"),
-        ({"scaling": "sqrt"}, r"lora.scaling='sqrt' is unknown; allowed values: standard, rslora"),
-        ({"dropout": 1.5}, r"lora.dropout must be in \[0, 1\)"),
+        ({"r": 0}, r"lora.r=0: must be >= 1"),
+        ({"r": -2}, r"lora.r=-2: must be >= 1"),
+        ({"r": 2.5}, r"lora.r=2.5: must be an integer >= 1"),
+        ({"alpha": 0}, r"lora.alpha=0: must be > 0"),
+        ({"alpha": -1.0}, r"lora.alpha=-1.0: must be > 0"),
+        ({"init": "xavier"}, r"lora.init='xavier': must be one of gaussian, kaiming"),
+        ({"scaling": "sqrt"}, r"lora.scaling='sqrt': must be one of standard, rslora"),
+        ({"dropout": 1.5}, r"lora.dropout=1.5: must be in \[0, 1\)"),
         ({"targets": []}, r"lora.targets is an empty list"),
         ({"targets": "c_attn("}, r"lora.targets key 'c_attn\(' is not a valid regex"),
         ({"layers": [0, "1"]}, r"lora.layers must hold integer layer indices"),
-        ({"rank_pattern": {"q": 0}}, r"rank_pattern\['q'\] must be an integer > 0"),
+        ({"rank_pattern": {"q": 0}}, r"rank_pattern\['q'\]=0: must be >= 1"),
     ],
 )
 def test_bad_config_values(kw, pattern):
@@ -92,3 +92,21 @@ def test_layer_index_out_of_range(params):
 def test_unknown_config_key():
     with pytest.raises(ValueError, match=r"unknown lora config keys \['rank'\]"):
         L.LoraConfig.from_dict({"rank": 4})
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("r", 0), ("r", 2.5), ("alpha", -1.0), ("dropout", 1.5), ("init", "xavier"),
+     ("scaling", "sqrt"), ("rank_pattern", {"q": 0}), ("alpha_pattern", {"q": -2.0})],
+)  # fmt: skip
+def test_the_library_and_the_app_check_say_the_same(key, value):
+    """One validation table (lora_jax.ranges): LoraConfig's error for a bad value is the line
+    the app's check before loading (lora_jax.train.checks) lists for it."""
+    from lora_jax.errors import ConfigError
+    from lora_jax.train.checks import config_problems
+
+    with pytest.raises(ConfigError) as lib:
+        L.LoraConfig(**{key: value})
+    cfg = {"lora": {"r": 8, "alpha": 8.0, "dropout": 0.0, "init": "kaiming",
+                    "scaling": "standard", key: value}}  # fmt: skip
+    assert str(lib.value) in config_problems(cfg), (str(lib.value), config_problems(cfg))
