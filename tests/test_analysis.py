@@ -80,15 +80,74 @@ def test_phi_invariant_to_factorisation():
     tree = lambda x: {"layers_0": {"self_attn": {"q_proj": {"q": x}}}}
     (b1,), (b2,), (b3,) = (an.delta_blocks(tree(x)) for x in (ad, refac, other))
     np.testing.assert_allclose(b1.delta, b2.delta, atol=1e-10)
-    g12 = an.compare([b1], [b2])[b1.key]
+    g12 = an.compare([b1], [b2], on="deltaW")[b1.key]
     np.testing.assert_allclose(np.diag(g12), 1.0, atol=1e-8)
     np.testing.assert_allclose(
-        an.compare([b1], [b3])[b1.key], an.compare([b2], [b3])[b1.key], atol=1e-8
+        an.compare([b1], [b3], on="deltaW")[b1.key],
+        an.compare([b2], [b3], on="deltaW")[b1.key],
+        atol=1e-8,
     )
-    # The factors' own singular directions are NOT invariant (why ΔW is used, not A):
+    # The factors' own singular directions are NOT invariant (ΔW's are, A's are not):
     ua = an.right_singular(ad["a"].T)
     ub = an.right_singular(refac["a"].T)
     assert an.phi(ua, ub, 1, 1) < 0.99
+    assert an.compare([b1], [b2], on="A")[b1.key][0, 0] < 0.99
+    # all r directions together span the same row space either way
+    assert an.compare([b1], [b2], on="A")[b1.key][-1, -1] == pytest.approx(1.0, abs=1e-8)
+
+
+def _phi_by_hand(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    """φ(i, j) = ‖U₁[:, :i]ᵀ U₂[:, :j]‖²_F / min(i, j) [P §7.2 Eq. 4], one (i, j) at a time."""
+    out = np.zeros((u1.shape[1], u2.shape[1]))
+    for i in range(1, u1.shape[1] + 1):
+        for j in range(1, u2.shape[1] + 1):
+            out[i - 1, j - 1] = np.linalg.norm(u1[:, :i].T @ u2[:, :j]) ** 2 / min(i, j)
+    return out
+
+
+def test_phi_on_a_is_the_papers_right_singular_vectors_of_a():
+    """[P §7.2]: A ∈ ℝ^{r×d_in}, U_A its right-singular unitary matrix (top-i columns). Our
+    adapters hold a = Aᵀ [d_in, r]; the by-hand SVD below is taken of A itself."""
+    ad1, ad2 = _adapter(12, 9, 3, 30), _adapter(12, 9, 5, 31)
+    tree = lambda x: {"layers_1": {"self_attn": {"k_proj": {"k": x}}}}
+    (b1,), (b2,) = an.delta_blocks(tree(ad1)), an.delta_blocks(tree(ad2))
+    u_a1 = np.linalg.svd(ad1["a"].T)[2].T[:, :3]  # A₁ = a₁ᵀ: [3, 12] -> right-singular [12, 3]
+    u_a2 = np.linalg.svd(ad2["a"].T)[2].T[:, :5]
+    got = an.compare([b1], [b2])[b1.key]  # the default is the paper's: on A
+    np.testing.assert_allclose(got, _phi_by_hand(u_a1, u_a2), atol=1e-10)
+    np.testing.assert_allclose(an.compare([b1], [b2], on="A")[b1.key], got, atol=0)
+    # ... and it differs from φ on ΔW's right-singular vectors of the same adapters
+    assert not np.allclose(an.compare([b1], [b2], on="deltaW")[b1.key], got, atol=1e-3)
+    # output side on A: the left-singular vectors of B = bᵀ [9, r]
+    u_b1 = np.linalg.svd(ad1["b"].T)[0][:, :3]
+    u_b2 = np.linalg.svd(ad2["b"].T)[0][:, :5]
+    np.testing.assert_allclose(
+        an.compare([b1], [b2], side="left", on="A")[b1.key], _phi_by_hand(u_b1, u_b2), atol=1e-10
+    )
+    # on ΔW: its right-/left-singular vectors, from a full SVD of ΔW [d_out, d_in]
+    d1, d2 = (2.0 * (x["a"] @ x["b"]).T for x in (ad1, ad2))
+    (uw1, _, vt1), (uw2, _, vt2) = np.linalg.svd(d1), np.linalg.svd(d2)
+    np.testing.assert_allclose(
+        an.compare([b1], [b2], on="deltaW")[b1.key],
+        _phi_by_hand(vt1[:3].T, vt2[:5].T),
+        atol=1e-10,
+    )
+    np.testing.assert_allclose(
+        an.compare([b1], [b2], side="left", on="deltaW")[b1.key],
+        _phi_by_hand(uw1[:, :3], uw2[:, :5]),
+        atol=1e-10,
+    )
+
+
+def test_phi_choice_names():
+    assert [an.phi_tag(on, side) for on in an.PHI_ON for side in an.SIDES] == [
+        "A", "B", "deltaW_right", "deltaW_left",
+    ]  # fmt: skip
+    assert "A's right-singular" in an.describe_phi("A", "right")
+    assert "paper" in an.describe_phi("A", "right")
+    assert "ΔW" in an.describe_phi("deltaW", "left") and "left" in an.describe_phi("deltaW", "left")
+    with pytest.raises(ValueError, match="phi on must be one of"):
+        an.compare([], [], on="B")
 
 
 def test_delta_blocks_layout_and_gpt2_blocks():

@@ -54,25 +54,62 @@ def runs(tiny_e2e_gpt2_dir, tmp_path_factory):
     return [fake_run(root, tiny_e2e_gpt2_dir, r, s) for r, s in ((8, 0), (2, 1))]
 
 
-def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path):
-    from lora_jax.analysis.cli import main
+def test_analyze_cli_writes_paper_figures_and_tables(runs, tmp_path, capsys, monkeypatch):
+    from lora_jax.analysis import cli
 
+    titles = []
+    plot_phi = cli.plot_phi
+
+    def spy(grids, blocks, layers, title, *rest):
+        titles.append(title)
+        return plot_phi(grids, blocks, layers, title, *rest)
+
+    monkeypatch.setattr(cli, "plot_phi", spy)
     (d8, t8), (d2, t2) = runs
-    out = main([str(d8), str(d2), "--out", str(tmp_path / "a"), "--logger", "none"])
+    out = cli.main([str(d8), str(d2), "--out", str(tmp_path / "a"), "--logger", "none"])
+    printed = capsys.readouterr().out
     pair = "r2-s1_vs_r8-s0"  # the lower rank first, as the paper's Fig. 3 (i ≤ 8, j ≤ 64)
-    assert (out / f"phi_{pair}.png").stat().st_size > 10_000
-    assert (out / "phi_by_layer.png").is_file()
+    # the default is the paper's φ on A, and every output says so
+    assert (out / f"phi_A_{pair}.png").stat().st_size > 10_000
+    assert (out / f"phi_B_{pair}.png").is_file() and (out / "phi_by_layer_A.png").is_file()
+    assert "φ on A (--phi-on): A = A's right-singular vectors" in printed
+    assert "B = B's left-singular vectors" in printed
+    assert titles == [
+        "φ on A's right-singular vectors (U_A, input space; the paper's): r2-s1 (i) vs r8-s0 (j)",
+        "φ on B's left-singular vectors (output space): r2-s1 (i) vs r8-s0 (j)",
+    ]
 
-    expected = an.compare(an.delta_blocks(t2), an.delta_blocks(t8))
+    blocks2, blocks8 = an.delta_blocks(t2), an.delta_blocks(t8)
+    expected = an.compare(blocks2, blocks8, on="A")
     summary = {r["key"]: r for r in _read(out / "phi_summary.csv")}
-    out_side = an.compare(an.delta_blocks(t2), an.delta_blocks(t8), side="left")
+    out_side = an.compare(blocks2, blocks8, side="left", on="A")
     assert set(summary) == set(expected) == {f"h.{i}.attn.c_attn.{m}" for i in (0, 1) for m in "qv"}
     for key, grid in expected.items():
         assert grid.shape == (2, 8)
+        assert summary[key]["phi_on"] == "A"
         assert float(summary[key]["phi_1_1"]) == pytest.approx(grid[0, 0], rel=1e-4)
         assert float(summary[key]["phi_mean"]) == pytest.approx(grid.mean(), rel=1e-4)
         assert float(summary[key]["phi_out_1_1"]) == pytest.approx(out_side[key][0, 0], rel=1e-4)
-    assert len(_read(out / "phi_grid.csv")) == 4 * 2 * 8  # both layers shown, q and v
+    grid_rows = _read(out / "phi_grid.csv")
+    assert len(grid_rows) == 4 * 2 * 8  # both layers shown, q and v
+    assert {r["phi_on"] for r in grid_rows} == {"A"}
+
+    # --phi-on deltaW: ΔW's right/left singular vectors, named in files, columns, header, titles
+    titles.clear()
+    out = cli.main([str(d8), str(d2), "--out", str(tmp_path / "w"), "--logger", "none",
+                    "--phi-on", "deltaW"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert (out / f"phi_deltaW_right_{pair}.png").is_file()
+    assert (out / f"phi_deltaW_left_{pair}.png").is_file()
+    assert (out / "phi_by_layer_deltaW.png").is_file() and not (out / f"phi_A_{pair}.png").exists()
+    assert "φ on deltaW (--phi-on): deltaW_right = ΔW = s·BA's right-singular vectors" in printed
+    assert all(t.startswith("φ on ΔW = s·BA's ") for t in titles) and len(titles) == 2
+    expected = an.compare(blocks2, blocks8, on="deltaW")
+    out_side = an.compare(blocks2, blocks8, side="left", on="deltaW")
+    for row in _read(out / "phi_summary.csv"):
+        assert row["phi_on"] == "deltaW"
+        assert float(row["phi_1_1"]) == pytest.approx(expected[row["key"]][0, 0], rel=1e-4)
+        assert float(row["phi_out_1_1"]) == pytest.approx(out_side[row["key"]][0, 0], rel=1e-4)
 
     amp = [r for r in _read(out / "amplification.csv") if r["run"] == "r8-s0"]
     blocks = {b.key: b for b in an.delta_blocks(t8)}
@@ -128,3 +165,4 @@ def test_analyze_uploads_to_wandb_when_asked(runs, tmp_path, monkeypatch):
     out = main([str(runs[0][0]), str(runs[1][0]), "--out", str(tmp_path), "--logger", "wandb"])
     logged = list((out / "wandb").glob("offline-run-*/files/media/images/*.png"))
     assert {p.name.split("_")[0] for p in logged} >= {"phi"}, logged
+    assert any(p.name.startswith("phi_A_") for p in logged), logged  # the key names the choice

@@ -7,11 +7,16 @@ Writes to ``DIR``:
 - ``amplification.csv`` [P §7.3, Table 7]: ‖W‖_F, ‖ΔW‖_F, ‖UᵀWV‖_F for ΔW's / W's / random
   top-r directions and the factor ‖ΔW‖_F / ‖UᵀWV‖_F; ``amplification_summary.csv``: means per
   run × module;
-- for every pair of runs (the lower rank first): ``phi_<a>_vs_<b>.png``, heatmaps of
-  φ(i, j) for four layers × each module, like [P Fig. 3/4] (``phi_out_*.png``: the same for
-  the output-space directions); ``phi_grid.csv`` (those layers'
-  full grids); ``phi_summary.csv`` (per layer × module: φ(1,1), φ at (min r, min r), grid mean,
-  and the same for the output-space directions, ``phi_out_*``) and ``phi_by_layer.png``;
+- for every pair of runs (the lower rank first), φ on the directions ``--phi-on`` picks
+  (``A``, the default and the paper's [P §7.2]: A's right-singular vectors, input space, and
+  on the output side B's left-singular vectors; ``deltaW``: ΔW = s·BA's right- and
+  left-singular vectors): ``phi_<tag>_<a>_vs_<b>.png``, heatmaps of φ(i, j) for four layers ×
+  each module, like [P Fig. 3/4], with ``<tag>`` = ``A`` / ``B`` or ``deltaW_right`` /
+  ``deltaW_left``; ``phi_grid.csv`` (those layers' full grids, input side);
+  ``phi_summary.csv`` (per layer × module: φ(1,1), φ at (min r, min r), grid mean, and the
+  same for the output side, ``phi_out_*``) and ``phi_by_layer_<A|deltaW>.png``. Both CSVs
+  carry the choice in a ``phi_on`` column; titles, the printed table's header and the W&B keys
+  name it too;
 and uploads the figures and tables to W&B when ``--logger wandb`` (default: the first run's
 logger).
 """
@@ -153,7 +158,7 @@ def plot_phi(grids: dict[str, np.ndarray], blocks: list[an.Block], layers: list[
     return path
 
 
-def plot_phi_by_layer(summary: list[dict[str, Any]], path: Path) -> Path:
+def plot_phi_by_layer(summary: list[dict[str, Any]], path: Path, on: str = "A") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,46 +176,48 @@ def plot_phi_by_layer(summary: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("φ(1, 1): top directions")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7)
+    ax.set_title(f"φ(1, 1) on {an.describe_phi(on, 'right')}", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def phi_outputs(runs: list[dict], out: Path, grid_max: int = 64) -> tuple[list, list, list[Path]]:
-    """φ for every pair of runs; ``phi_grid.csv`` rows keep i, j ≤ ``grid_max`` (the PNGs show
-    the full grids)."""
+def phi_outputs(
+    runs: list[dict], out: Path, grid_max: int = 64, on: str = "A"
+) -> tuple[list, list, list[Path]]:
+    """φ on ``on``'s directions (lora_jax.analysis.subspace.directions) for every pair of runs;
+    ``phi_grid.csv`` rows keep i, j ≤ ``grid_max`` (the PNGs show the full grids)."""
     summary, grid_rows, figs = [], [], []
     for r1, r2 in itertools.combinations(runs, 2):
         if r1["blocks"][0].rank > r2["blocks"][0].rank:
             r1, r2 = r2, r1
         pair = f"{r1['label']}_vs_{r2['label']}"
-        grids = an.compare(r1["blocks"], r2["blocks"])
-        grids_out = an.compare(r1["blocks"], r2["blocks"], side="left")
+        grids = an.compare(r1["blocks"], r2["blocks"], on=on)
+        grids_out = an.compare(r1["blocks"], r2["blocks"], side="left", on=on)
         layers = figure_layers(r1["num_layers"])
         for b in r1["blocks"]:
             if b.key not in grids:
                 continue
             g = grids[b.key]
             k = min(g.shape)
-            summary.append({"pair": pair, "key": b.key, "layer": b.layer, "module": b.module,
-                            "r1": g.shape[0], "r2": g.shape[1], "phi_1_1": float(g[0, 0]),
+            summary.append({"pair": pair, "phi_on": on, "key": b.key, "layer": b.layer,
+                            "module": b.module, "r1": g.shape[0], "r2": g.shape[1],
+                            "phi_1_1": float(g[0, 0]),
                             "phi_k_k": float(g[k - 1, k - 1]), "phi_mean": float(g.mean()),
                             "phi_out_1_1": float(grids_out[b.key][0, 0]),
                             "phi_out_mean": float(grids_out[b.key].mean())})  # fmt: skip
             if b.layer in layers:
                 for (i, j), v in np.ndenumerate(g[:grid_max, :grid_max]):
-                    grid_rows.append({"pair": pair, "layer": b.layer, "module": b.module,
-                                      "i": i + 1, "j": j + 1, "phi": round(float(v), 5)})  # fmt: skip
-        title = (
-            f"φ between ΔW's top right-singular directions: {r1['label']} (i) vs {r2['label']} (j)"
-        )
+                    grid_rows.append({"pair": pair, "phi_on": on, "layer": b.layer,
+                                      "module": b.module, "i": i + 1, "j": j + 1,
+                                      "phi": round(float(v), 5)})  # fmt: skip
         labels = (r1["label"], r2["label"])
-        figs.append(plot_phi(grids, r1["blocks"], layers, title, labels, out / f"phi_{pair}.png"))
-        title = f"φ between ΔW's top left-singular (output) directions: {labels[0]} vs {labels[1]}"
-        figs.append(plot_phi(grids_out, r1["blocks"], layers, title, labels,
-                             out / f"phi_out_{pair}.png"))  # fmt: skip
+        for side, g in (("right", grids), ("left", grids_out)):
+            title = f"φ on {an.describe_phi(on, side)}: {labels[0]} (i) vs {labels[1]} (j)"
+            path = out / f"phi_{an.phi_tag(on, side)}_{pair}.png"
+            figs.append(plot_phi(g, r1["blocks"], layers, title, labels, path))
     if summary:
-        figs.append(plot_phi_by_layer(summary, out / "phi_by_layer.png"))
+        figs.append(plot_phi_by_layer(summary, out / f"phi_by_layer_{on}.png", on))
     return summary, grid_rows, figs
 
 
@@ -237,6 +244,10 @@ def main(argv: list[str] | None = None) -> Path:
                    help="upload to W&B (default: what the first run used)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     p.add_argument("--grid-max", type=int, default=64, help="phi_grid.csv keeps i, j <= this")
+    p.add_argument("--phi-on", choices=an.PHI_ON, default="A",
+                   help="the directions φ compares: A (default, the paper's [P §7.2]: A's "
+                   "right-singular vectors; output side: B's left-singular vectors) or deltaW "
+                   "(ΔW = s·BA's right- and left-singular vectors)")  # fmt: skip
     args = p.parse_args(argv)
 
     out = Path(args.out or Path(args.run_dirs[0]) / "analysis")
@@ -251,11 +262,11 @@ def main(argv: list[str] | None = None) -> Path:
             out / "amplification_summary.csv", summarise(amp, ("run", "module", "r"), cols)
         ),
     }
-    summary, grid_rows, figs = phi_outputs(runs, out, args.grid_max)
+    summary, grid_rows, figs = phi_outputs(runs, out, args.grid_max, args.phi_on)
     if summary:
-        tables["phi_summary"] = _write_csv(out / "phi_summary.csv", summary)
+        tables[f"phi_summary_{args.phi_on}"] = _write_csv(out / "phi_summary.csv", summary)
         _write_csv(out / "phi_grid.csv", grid_rows)
-        print(_phi_table(summary))
+        print(_phi_table(summary, args.phi_on))
     print(_amp_table(summarise(amp, ("run", "module", "r"), cols)))
     logger_cfg = runs[0]["config"].get("logger") or {}
     logger = args.logger or logger_cfg.get("name", "none")
@@ -268,11 +279,14 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-def _phi_table(summary: list[dict]) -> str:
+def _phi_table(summary: list[dict], on: str = "A") -> str:
     cols = ("phi_1_1", "phi_k_k", "phi_mean", "phi_out_1_1", "phi_out_mean")
     s = summarise(summary, ("pair", "module"), cols)
-    lines = ["pair | module | mean over layers of φ(1,1) | φ(k,k), k = min r | mean φ | "
-             "output side: φ(1,1) | mean φ"]  # fmt: skip
+    right, left = an.phi_tag(on, "right"), an.phi_tag(on, "left")
+    lines = [f"φ on {on} (--phi-on): {right} = {an.describe_phi(on, 'right')}; "
+             f"{left} = {an.describe_phi(on, 'left')}",
+             f"pair | module | {right}: mean over layers of φ(1,1) | φ(k,k), k = min r | mean φ | "
+             f"{left}: φ(1,1) | mean φ"]  # fmt: skip
     lines += [f"{r['pair']} | W{r['module']} | {r['phi_1_1']:.3f} | {r['phi_k_k']:.3f} | "
               f"{r['phi_mean']:.3f} | {r['phi_out_1_1']:.3f} | {r['phi_out_mean']:.3f}"
               for r in s]  # fmt: skip

@@ -8,12 +8,18 @@ directions of the *input* space (``d_in``), i.e. the left-singular vectors of ou
 arrays.
 
 - :func:`phi` is the subspace similarity of [P §7.2, Eq. 4]
-  ``φ(A₁, A₂, i, j) = ‖U₁^{i⊤} U₂^{j}‖²_F / min(i, j)`` between the top-i and top-j
-  right-singular directions. The paper takes them from ``A``; we take them from ``ΔW``
-  (:func:`right_singular`), as the issue asks. Both span the same r-dim row space when B has
-  full rank, but only ΔW's are invariant to re-factorisations ``(B·M, M⁻¹·A)`` of the same
-  update, so ΔW's ordering (by how much the update uses a direction) is well defined and A's is
-  not (A's singular values depend on the arbitrary split of the scale between A and B).
+  ``φ(A₁, A₂, i, j) = ‖U₁^{i⊤} U₂^{j}‖²_F / min(i, j)`` between the top-i and top-j singular
+  directions of two adapters. Which directions (:data:`PHI_ON`, ``on=`` of :func:`compare`,
+  ``--phi-on`` of the CLI) is named in every output:
+
+  - ``"A"`` (the default, the paper's): ``U_A``, the right-singular vectors of ``A: [r, d_in]``
+    (input space, ordered by A's singular values); on the output side, the left-singular
+    vectors of ``B: [d_out, r]`` (the paper notes the analysis can be done with B likewise).
+  - ``"deltaW"``: the right- (input) and left- (output) singular vectors of ``ΔW = s·BA``.
+    Both span A's row space / B's column space when the factors have full rank, but only ΔW's
+    are invariant to re-factorisations ``(B·M, M⁻¹·A)`` of the same update, so ΔW's ordering (by
+    how much the update uses a direction) is well defined and A's depends on how the update is
+    split between A and B (A's singular values are not ΔW's).
 - :func:`amplification` is [P §7.3, Table 7]: ``‖Uᵀ W V‖_F`` with U, V the top-r left/right
   singular vectors of ΔW, of W itself, or random orthonormal ones, and the amplification
   factor ``‖ΔW‖_F / ‖Uᵀ W V‖_F`` (ΔW's directions).
@@ -52,6 +58,8 @@ class Block:
     u: np.ndarray  # [d_out, r] left-singular vectors of delta (descending σ)
     s: np.ndarray  # [r] singular values
     v: np.ndarray  # [d_in, r] right-singular vectors (input-space directions)
+    a_dirs: np.ndarray  # [d_in, r] right-singular vectors of A: [r, d_in] (U_A, [P §7.2])
+    b_dirs: np.ndarray  # [d_out, r] left-singular vectors of B: [d_out, r]
 
 
 def factor_svd(a: np.ndarray, b: np.ndarray, scale: float) -> tuple[np.ndarray, ...]:
@@ -74,7 +82,11 @@ def delta_blocks(lora: Mapping[str, Any]) -> list[Block]:
         layer = next((int(m[1]) for p in path if (m := _LAYER.match(p))), -1)
         u, s, v = factor_svd(a, b, scale)
         key = f"{module_id(path)}.{name}"
-        out.append(Block(key, layer, name, path, a.shape[1], scale * (a @ b).T, u, s, v))
+        delta = scale * (a @ b).T
+        # A = aᵀ: its right-singular vectors are a's left ones; B = bᵀ: its left are b's right
+        a_dirs = np.linalg.svd(a, full_matrices=False)[0]
+        b_dirs = np.linalg.svd(b, full_matrices=False)[2].T
+        out.append(Block(key, layer, name, path, a.shape[1], delta, u, s, v, a_dirs, b_dirs))
     return out
 
 
@@ -191,16 +203,57 @@ def module_stats(block: Block) -> dict[str, Any]:
     }
 
 
+PHI_ON = ("A", "deltaW")  # what φ is computed on; "A" is the paper's [P §7.2]
+SIDES = ("right", "left")  # input space (the paper's) | output space
+
+
+def directions(block: Block, on: str = "A", side: str = "right") -> np.ndarray:
+    """The block's singular directions φ is computed on, ``[d, r]`` by descending σ: ``on="A"``:
+    A's right-singular vectors (``side="right"``) or B's left-singular vectors (``"left"``);
+    ``on="deltaW"``: ΔW's right- or left-singular vectors."""
+    _check(on, side)
+    if on == "A":
+        return block.a_dirs if side == "right" else block.b_dirs
+    return block.v if side == "right" else block.u
+
+
+def phi_tag(on: str = "A", side: str = "right") -> str:
+    """Short name of a choice, for file names and columns: "A", "B", "deltaW_right",
+    "deltaW_left"."""
+    _check(on, side)
+    if on == "A":
+        return "A" if side == "right" else "B"
+    return f"deltaW_{side}"
+
+
+def describe_phi(on: str = "A", side: str = "right") -> str:
+    """Words for a choice, for table headers and plot titles."""
+    _check(on, side)
+    if on == "A":
+        if side == "right":
+            return "A's right-singular vectors (U_A, input space; the paper's)"
+        return "B's left-singular vectors (output space)"
+    space = "input" if side == "right" else "output"
+    return f"ΔW = s·BA's {side}-singular vectors ({space} space)"
+
+
+def _check(on: str, side: str) -> None:
+    if on not in PHI_ON:
+        raise ValueError(f"phi on must be one of {PHI_ON} ('A': the paper's); got {on!r}")
+    if side not in SIDES:
+        raise ValueError(f"side must be 'right' (input space, the paper's) or 'left'; got {side!r}")
+
+
 def compare(
-    blocks1: list[Block], blocks2: list[Block], side: str = "right"
+    blocks1: list[Block], blocks2: list[Block], side: str = "right", on: str = "A"
 ) -> dict[str, np.ndarray]:
-    """φ grids ``[r₁, r₂]`` between the ΔW right-singular directions of the blocks two adapters
-    share (matched by key), e.g. r=8 vs r=64 [P Fig. 3] or two seeds [P Fig. 4].
-    ``side="left"``: the output-space directions instead (those B spans; B starts at zero, so
+    """φ grids ``[r₁, r₂]`` between the singular directions (:func:`directions`: ``on="A"``, the
+    paper's, A's right-singular vectors; ``on="deltaW"``, ΔW's) of the blocks two adapters share
+    (matched by key), e.g. r=8 vs r=64 [P Fig. 3] or two seeds [P Fig. 4]. ``side="left"``: the
+    output-space directions instead (B's or ΔW's left-singular vectors; B starts at zero, so
     after a short run they hold what training learned while A may still be near its random
     init)."""
-    if side not in ("right", "left"):
-        raise ValueError(f"side must be 'right' (input space, the paper's) or 'left'; got {side!r}")
+    _check(on, side)
     by_key = {b.key: b for b in blocks2}
     shared = [b for b in blocks1 if b.key in by_key]
     if not shared:
@@ -210,6 +263,5 @@ def compare(
         )
     out = {}
     for b1 in shared:
-        b2 = by_key[b1.key]
-        out[b1.key] = phi_grid(b1.v, b2.v) if side == "right" else phi_grid(b1.u, b2.u)
+        out[b1.key] = phi_grid(directions(b1, on, side), directions(by_key[b1.key], on, side))
     return out

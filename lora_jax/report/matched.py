@@ -34,7 +34,7 @@ from lora_jax.errors import ConfigError
 from lora_jax.lora.config import PRESETS, SHORT_NAMES
 from lora_jax.models.config import ModelConfig
 from lora_jax.report.aggregate import Cell, Report, metric_key, sort_key
-from lora_jax.report.render import fmt_params, fmt_stat
+from lora_jax.report.render import fmt_stat
 
 DEFAULT_TOL = 0.01  # cells within 1% of each other share a row (--match-tol)
 
@@ -162,7 +162,9 @@ def match_params(report: Report, tol: float = DEFAULT_TOL) -> Matched:
                 (cell,) = row.cells.values()
                 why = f"no other target set within {tol:.1%} of its {cell.trainable:,} parameters"
                 out.unmatched.append((section.fixed, cell, why))
-        targets = sorted({t for b in budgets for t in b.cells}, key=lambda v: sort_key("targets", v))
+        targets = sorted(
+            {t for b in budgets for t in b.cells}, key=lambda v: sort_key("targets", v)
+        )
         if budgets:
             out.sections.append(MatchedSection(section.fixed, targets, budgets))
     return out
