@@ -2,7 +2,8 @@
 
 A task turns dataset rows into `Example`s (source text, target text), groups eval examples
 into `EvalItem`s (one per distinct source, with all its references) and scores one
-hypothesis per item. Rows come from the hub (`dataset="owner/name"`) or from local files
+hypothesis per item: `score` gives the table's metrics, `item_scores` their per-item parts
+(stored in the run's items file for the paired bootstrap). Rows come from the hub (`dataset="owner/name"`) or from local files
 (`data_files={"train": path, "eval": path}` or `data_dir` + file names): CSV, JSON, JSONL
 and parquet all go through `datasets.load_dataset`.
 """
@@ -10,11 +11,15 @@ and parquet all go through `datasets.load_dataset`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from lora_jax.errors import ConfigError, DataError, MissingFile
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -42,12 +47,26 @@ class Task(Protocol):
     name: str
     main_metric: str
     instruction: str  # prepended to the source in the chat format
+    item_metrics: ClassVar[tuple[str, ...]]  # the metrics item_scores gives per item
+    # The corpus metrics of score() that per-item sufficient statistics decompose: name ->
+    # the metric (as score() reports it) of statistics summed over items, [..., K] -> [...].
+    corpus_metrics: ClassVar[Mapping[str, Callable[[np.ndarray], np.ndarray]]]
 
     def load(self, split: str) -> list[Example]: ...  # split: "train" | "validation" | "eval"
 
     def eval_groups(self, examples: list[Example]) -> list[EvalItem]: ...
 
     def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]: ...
+
+    def item_scores(
+        self, hyps: list[str], items: list[EvalItem], metrics: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per item, the metrics of score() that decompose over items (for the paired
+        bootstrap, lora_jax.report.compare): a number for a mean-of-items metric (score()
+        reports the mean over items) or a list of sufficient statistics for a metric in
+        ``corpus_metrics`` (score() reports ``corpus_metrics[name]`` of their sum over items).
+        ``metrics``: compute only these (None: all)."""
+        ...
 
     def prompt(self, source: str) -> str: ...
 

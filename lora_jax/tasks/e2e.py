@@ -8,11 +8,14 @@ Format (LoRA repo, examples/NLG): context = MR, completion = " " + text (EOS aro
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from lora_jax.errors import DataError
+from lora_jax.metrics.coco import rouge_l_items
 from lora_jax.metrics.e2e import e2e_scores
+from lora_jax.metrics.mteval import bleu_of_stats, bleu_stats
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
@@ -39,6 +42,8 @@ class E2ETask(RowSource):
     instruction: str = (
         "Write a one-sentence restaurant description from this meaning representation."
     )
+    item_metrics: ClassVar[tuple[str, ...]] = ("bleu", "rouge_l")
+    corpus_metrics: ClassVar[dict[str, Callable[[Any], Any]]] = {"bleu": bleu_of_stats}
 
     def load(self, split: str) -> list[Example]:
         rows, cols, origin = self.rows(split, _COLUMNS)
@@ -57,6 +62,28 @@ class E2ETask(RowSource):
     def score(self, hyps: list[str], items: list[EvalItem]) -> dict[str, Any]:
         refs = [list(it.references) for it in items]
         return e2e_scores(hyps, refs, coco=self.coco_metrics, nist_mode=self.nist_mode)
+
+    def item_scores(
+        self, hyps: list[str], items: list[EvalItem], metrics: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per MR: ``bleu``, the sentence-level sufficient statistics of the scorer's corpus BLEU
+        ([hyp_len, ref_len, matches 1-4, totals 1-4] after its lower-cased 13a tokenization;
+        their sum gives score()'s bleu exactly: lora_jax.metrics.mteval.bleu_of_stats), and
+        ``rouge_l``, the item's ROUGE-L (score()'s rouge_l is their mean; left out when the
+        COCO metrics are off or Java cannot run). NIST, METEOR and CIDEr weigh n-grams by
+        corpus-wide statistics and have no per-item form here."""
+        if len(hyps) != len(items):
+            raise ValueError(f"got {len(hyps)} hypotheses for {len(items)} MRs")
+        want = set(self.item_metrics if metrics is None else metrics)
+        out: list[dict[str, Any]] = [{} for _ in hyps]
+        if "bleu" in want:
+            for o, h, it in zip(out, hyps, items):
+                o["bleu"] = bleu_stats(h, it.references)
+        if "rouge_l" in want and self.coco_metrics and hyps:
+            per_item = rouge_l_items(hyps, [list(it.references) for it in items])
+            for o, v in zip(out, per_item or ()):
+                o["rouge_l"] = v
+        return out
 
     def prompt(self, source: str) -> str:
         return source

@@ -8,11 +8,12 @@ the dataset: Gliwa et al. 2019, arXiv 1911.12237).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from lora_jax.errors import DataError
-from lora_jax.metrics.rouge import ROUGE_FLAGS, rouge_scores
+from lora_jax.metrics.rouge import ROUGE_FLAGS, ROUGE_KEYS, rouge_item_scores, rouge_scores
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
@@ -39,6 +40,8 @@ class SAMSumTask(RowSource):
     name: str = "samsum"
     main_metric: str = "rougeL"
     instruction: str = "Summarize this dialogue."
+    item_metrics: ClassVar[tuple[str, ...]] = ROUGE_KEYS
+    corpus_metrics: ClassVar[dict[str, Callable[[Any], Any]]] = {}
 
     def load(self, split: str) -> list[Example]:
         rows, cols, origin = self.rows(split, _COLUMNS)
@@ -60,6 +63,14 @@ class SAMSumTask(RowSource):
         out: dict[str, Any] = dict(rouge_scores(hyps, [list(it.references) for it in items]))
         out["rouge_impl"] = ROUGE_FLAGS
         return out
+
+    def item_scores(
+        self, hyps: list[str], items: list[EvalItem], metrics: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per example: ROUGE-1/2/L F1 (rouge1, rouge2, rougeL); score() reports their means."""
+        scores = rouge_item_scores(hyps, [list(it.references) for it in items])
+        want = set(self.item_metrics if metrics is None else metrics)
+        return [{k: v for k, v in s.items() if k in want} for s in scores]
 
     def prompt(self, source: str) -> str:
         return source + "\n\n"

@@ -9,11 +9,17 @@ accuracy on the validation split (LoRA paper App. C), our main metric.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from lora_jax.errors import DataError
-from lora_jax.metrics.wikisql import query_from_hub, query_to_text, wikisql_scores
+from lora_jax.metrics.wikisql import (
+    query_from_hub,
+    query_to_text,
+    wikisql_item_scores,
+    wikisql_scores,
+)
 from lora_jax.tasks.base import (
     EvalItem,
     Example,
@@ -43,6 +49,8 @@ class WikiSQLTask(RowSource):
     instruction: str = (
         "Write the SQL query that answers the question over a table with these columns."
     )
+    item_metrics: ClassVar[tuple[str, ...]] = ("lf_acc", "ex_acc")
+    corpus_metrics: ClassVar[dict[str, Callable[[Any], Any]]] = {}
 
     def load(self, split: str) -> list[Example]:
         rows, cols, origin = self.rows(split, _COLUMNS)
@@ -70,6 +78,17 @@ class WikiSQLTask(RowSource):
         return wikisql_scores(
             hyps, [it.extra["query"] for it in items], [it.extra["table"] for it in items]
         )
+
+    def item_scores(
+        self, hyps: list[str], items: list[EvalItem], metrics: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Per example: ``lf_acc`` (logical-form match) and ``ex_acc`` (execution match), 1.0
+        or 0.0; score() reports their means."""
+        scores = wikisql_item_scores(
+            hyps, [it.extra["query"] for it in items], [it.extra["table"] for it in items]
+        )
+        want = set(self.item_metrics if metrics is None else metrics)
+        return [{k: v for k, v in s.items() if k in want} for s in scores]
 
     def prompt(self, source: str) -> str:
         return source

@@ -279,7 +279,10 @@ class Engine:
             j.metrics[tag] = metrics
             if tag == "eval":
                 j.results["items"] = record.write_items(
-                    j.run_dir, h, [it.references for it in self.items]
+                    j.run_dir,
+                    h,
+                    [it.references for it in self.items],
+                    self.task.item_scores(h, list(self.items)),
                 )
             if sharding.is_primary():
                 (j.run_dir / f"predictions_{tag}.txt").write_text(

@@ -43,7 +43,7 @@ from lora_jax.train.env_info import package_versions
 
 SCHEMA = 2
 RESULTS = "results.json"
-ITEMS = "items_eval.jsonl"  # one {"hyp": str, "refs": [str, ...]} per eval item, in item order
+ITEMS = "items_eval.jsonl"  # one {"hyp", "refs", "scores"} per eval item, in item order (scores: task.item_scores)
 # Config keys that do not change what a run computes: ignored when the report checks that the
 # runs of one cell differ only in their seed.
 NON_RECIPE_KEYS = ("seed", "name", "output_dir", "sweep_name", "adapter", "logger.",
@@ -210,18 +210,39 @@ def load(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_items(run_dir: Path, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> str:
-    """The per-item hypotheses and references of the final eval (for the paired bootstrap);
-    written by process 0 of a multi-process job."""
+def write_items(
+    run_dir: Path,
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    scores: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """The per-item hypotheses, references and scores (``task.item_scores``: a number per
+    mean-of-items metric, a list of sufficient statistics per corpus metric) of the final eval,
+    for the paired bootstrap (lora_jax.report.compare); written by process 0 of a
+    multi-process job."""
+    if scores is not None and len(scores) != len(hyps):
+        raise ValueError(f"{len(scores)} per-item scores for {len(hyps)} hypotheses")
     if not _primary():
         return ITEMS
     with (Path(run_dir) / ITEMS).open("w") as f:
-        for h, r in zip(hyps, refs, strict=True):
-            f.write(json.dumps({"hyp": h, "refs": list(r)}) + "\n")
+        for i, (h, r) in enumerate(zip(hyps, refs, strict=True)):
+            line: dict[str, Any] = {"hyp": h, "refs": list(r)}
+            if scores is not None:
+                line["scores"] = {k: _plain(v) for k, v in scores[i].items()}
+            f.write(json.dumps(line) + "\n")
     return ITEMS
 
 
+def _plain(value: Any) -> Any:
+    """A per-item score as JSON: numbers and lists of numbers (numpy values too)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def read_items(run_dir: Path) -> list[dict[str, Any]]:
+    """The items file of a run dir: one {"hyp", "refs"[, "scores"]} per eval item, in order
+    (``scores`` since per-item scores were added; earlier files hold hyp and refs only)."""
     path = Path(run_dir) / ITEMS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
