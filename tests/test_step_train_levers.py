@@ -16,7 +16,7 @@ from tests.train.app import run_in_process, tiny_overrides
 
 BASE = ["lora=all", "lora.r=4", "optim.lr=3e-2", "trainer.max_steps=4", "trainer.log_every=1",
         "trainer.eval_before=false", "task.max_eval_items=1", "task.decode.max_new_tokens=2",
-        "trainer.val_examples=8"]  # fmt: skip
+        "trainer.val_examples=8", "trainer.val_decode_items=2"]  # fmt: skip
 LEVERS = ["trainer.scan=true", "trainer.remat=full", "trainer.loss_chunk=64"]
 
 
@@ -72,6 +72,11 @@ def test_scan_remat_chunked_loss_train_like_the_plain_step(
     np.testing.assert_allclose(b, a, rtol=1e-4)
     va, vb = plain["metrics"]["validation"]["loss"], levers["metrics"]["validation"]["loss"]
     np.testing.assert_allclose(vb, va, rtol=1e-4)
+    # the decoded validation metric (trainer.val_decode_items), from held-out training sources
+    for rec in (plain, levers):
+        assert rec["data"]["validation"]["split"] == "train-holdout"
+        assert rec["metrics"]["validation"]["decoded_items"] == 2
+    assert plain["metrics"]["validation"]["bleu"] == levers["metrics"]["validation"]["bleu"]
     assert (tmp_path / "b" / "predictions_eval.txt").read_text() == (
         tmp_path / "a" / "predictions_eval.txt"
     ).read_text()

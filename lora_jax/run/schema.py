@@ -113,9 +113,13 @@ class TrainerCfg:
     progress: bool = True
     stop_after: int | None = None  # stop (as if killed) after this many steps: resume tests
     eval_only: bool = False  # skip training; evaluate the base model or `adapter`
-    # Held-out pairs of the task's eval split for the validation loss (lora_jax/validation.py),
+    # Validation pairs (the task's validation split, else held out of the training examples:
+    # lora_jax.train.data.split_validation; never the eval/test split) for the validation loss,
     # computed at eval points and at the end; 0 disables it.
     val_examples: int = 256
+    # validation items (distinct sources) also decoded and scored with the task metric at each
+    # validation: metrics.validation.<metric> (0: loss only)
+    val_decode_items: int = 0
     remat: str = "none"  # none | block | dots_saveable | full (lora_jax/models/layers.py)
     scan: bool = False  # nn.scan over layers: one compiled block for any depth
     loss_chunk: int | None = None  # target tokens per LM-head chunk in the loss; null = plain

@@ -183,6 +183,8 @@ class Engine:
             except Exception as e:
                 self.fail(j, e)
         self.val_batches = data.validation_batches(cfg, self.task, tok, self.batches.buckets, val)
+        n_dec = int(self.tcfg.get("val_decode_items") or 0)  # decoded validation items
+        self.val_items = self.task.eval_groups(val)[:n_dec] if n_dec else []
         n_val = sum(int(b["attention_mask"].any(axis=1).sum()) for b in self.val_batches)
         for j in self.jobs:
             j.metrics["validation"]["examples"] = n_val
@@ -200,7 +202,7 @@ class Engine:
         self.accum, self.updates = 1, 1
         for j in self.live():
             j.tx, j.lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree, 1)
-        self.mesh, self.val_batches = None, []
+        self.mesh, self.val_batches, self.val_items = None, [], []
         kw = dict(dropout=False, label_smoothing=0.0, loss_chunk=None, scan_prefix=self.prefix)
         live = self.live()
         if self.cfg.get("method", "lora") == "full":
@@ -262,16 +264,8 @@ class Engine:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, tag: str, step: int | None) -> None:
         """Decode the eval items with every live adapter and score them per job."""
-        t, cfg, lm, tok = time.time(), self.cfg, self.lm, self.lm.tokenizer
-        tc = cfg.task
-        if isinstance(self.adapters, (OneAdapter, FullModel)):
-            hyps = self.adapters.decode(lm, lambda v: decode_items(
-                lm.module, v, lm.config, tok, self.task, self.items, tc.format, tc.decode,
-                tc.max_len, tc.add_bos))  # fmt: skip
-        else:
-            hyps = self.adapters.decode(lm, lambda frozen, stacked: decode_items_multi(
-                lm.module, frozen, stacked, lm.config, tok, self.task, self.items, tc.format,
-                tc.decode, tc.max_len, tc.add_bos))  # fmt: skip
+        t = time.time()
+        hyps = self.decode(self.items)
         for j, h in zip(self.slots, hyps):
             if not j.alive:
                 continue
@@ -299,7 +293,28 @@ class Engine:
             console.print(f"{tag}: decoded {len(self.items)} items x {len(self.slots)} adapters "
                           f"in {time.time() - t:.1f}s")  # fmt: skip
 
+    def decode(self, items: list) -> list[list[str]]:
+        """Hypotheses per slot for ``items`` (the task's decoding settings)."""
+        lm, tok, tc = self.lm, self.lm.tokenizer, self.cfg.task
+        if isinstance(self.adapters, (OneAdapter, FullModel)):
+            return self.adapters.decode(lm, lambda v: decode_items(
+                lm.module, v, lm.config, tok, self.task, items, tc.format, tc.decode,
+                tc.max_len, tc.add_bos))  # fmt: skip
+        return self.adapters.decode(lm, lambda frozen, stacked: decode_items_multi(
+            lm.module, frozen, stacked, lm.config, tok, self.task, items, tc.format,
+            tc.decode, tc.max_len, tc.add_bos))  # fmt: skip
+
     def validate(self, step: int) -> None:
+        """Validation loss, and with ``trainer.val_decode_items`` the task metrics of that many
+        decoded validation items (``metrics.validation.<metric>``: what ``report --select-by
+        val_<metric>`` reads)."""
+        if self.val_items:
+            for j, h in zip(self.slots, self.decode(self.val_items)):
+                if j.alive:
+                    scores = self.task.score(h, list(self.val_items))
+                    nums = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+                    j.metrics["validation"].update(nums, decoded_items=len(self.val_items))
+                    j.log({f"val/{k}": v for k, v in nums.items()}, step)
         if not self.val_batches:
             return
         losses = self.adapters.val_loss(self.eval_loss, self.lm.params, self.val_batches)

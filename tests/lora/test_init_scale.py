@@ -196,45 +196,6 @@ def _rms_ratio(norms: dict[int, list[float]]) -> float:
 
 
 @pytest.mark.parametrize("init", ["kaiming", "gaussian"])
-def test_first_step_norm_ratio_r1_r64_one_layer_isotropic(init):
-    """One LoraDense layer (the toy's c_fc "up", in 256, out 1024), loss Σ y ⊙ C with C ~ N(0, 1)
-    and inputs x = √N·Q (orthonormal columns): M = xᵀC has i.i.d. N(0, N·I) columns, the case
-    the cross-term formula assumes."""
-    from lora_jax.lora.layer import LoraDense
-
-    d, n_tok = 256, 256
-    _, params = toy.make(d=d, layers=1)
-    layer = LoraDense(4 * d, ("up",))
-    frozen = params["h_0"]["mlp"]["c_fc"]
-
-    @jax.jit
-    def dw_norm(lora, key):
-        k_x, k_c = jax.random.split(key)
-        q, _ = jnp.linalg.qr(jax.random.normal(k_x, (n_tok, d)))
-        x = q * math.sqrt(n_tok)
-        c = jax.random.normal(k_c, (n_tok, 4 * d))
-
-        def loss(tree):
-            return jnp.sum(layer.apply({"params": frozen, "lora": tree}, x) * c)
-
-        new = _first_step(lora, jax.grad(loss)(lora))
-        return jnp.linalg.norm(L.delta(new["up"]))
-
-    norms = {}
-    for r in (R_LO, R_HI):
-        cfg = L.LoraConfig(r=r, alpha=ALPHA, init=init, targets="up")
-        norms[r] = []
-        for seed in range(SEEDS):
-            tree, _ = L.init(jax.random.PRNGKey(seed), params, cfg, toy.MODULES)
-            ad = tree["h_0"]["mlp"]["c_fc"]
-            norms[r].append(float(dw_norm(ad, jax.random.PRNGKey(1000 + seed))))
-    expected = _closed_form_ratio(init, d)
-    assert _rms_ratio(norms) == pytest.approx(expected, rel=0.04)
-    leading = math.sqrt(R_HI) * (R_HI if init == "gaussian" else 1)  # 8 or 512
-    assert _rms_ratio(norms) != pytest.approx(leading, rel=0.04)
-
-
-@pytest.mark.parametrize("init", ["kaiming", "gaussian"])
 def test_first_step_norm_ratio_r1_r64_toy_gpt2(init):
     """The same ratio through the toy GPT-2's language-model loss (one layer, d 256, LoRA on
     the MLP's c_fc: in 256, out 1024). Its M is not exactly isotropic; measured, the closed form

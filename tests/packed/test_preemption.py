@@ -1,7 +1,7 @@
 """The guarantees of a run hold for packed jobs from the same code (lora_jax.run.jobs, the one
 engine): a bad config is refused before the model loads with the solo run's message, and a
 SIGTERM during a pack ends every job "preempted" (exit 143) with its own checkpoint, from which
-each job resumes by its run dir alone (``resume_from=RUN_DIR``, no override repeated)."""
+a rerun of the sweep resumes each job."""
 
 from __future__ import annotations
 
@@ -81,13 +81,13 @@ def test_sigterm_preempts_every_job_of_a_pack_and_a_rerun_resumes_each(tiny_e2e_
     assert len(stopped) == 1 and 0 < min(stopped) < N
     (stop,) = stopped
 
-    # each job resumed by its run dir alone (its saved config: no override repeated)
+    # the sweep rerun with trainer.resume=true resumes every job from its own checkpoint
+    again = run_app([*args, "trainer.resume=true"], env={"WANDB_MODE": "disabled",
+                    "JAX_DEFAULT_MATMUL_PRECISION": "highest"}, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for d in dirs:
-        again = run_app([f"resume_from={d}"], env={"WANDB_MODE": "disabled",
-                        "JAX_DEFAULT_MATMUL_PRECISION": "highest"}, timeout=300)  # fmt: skip
-        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         rec = read_results(d)
         assert rec["status"] == "ok" and rec["run"]["resumed_at"] == stop
         assert [s for s, _ in rec["metrics"]["train"]["losses"]] == list(range(2, N + 1, 2))
-    # that a job resumed alone ends where its uninterrupted pack does (losses, adapter,
-    # predictions): tests/packed/test_resume.py::test_a_stopped_packed_job_resumes_alone
+    # a packed job resumed alone by its run dir (resume_from=RUN_DIR) ends where its
+    # uninterrupted pack does: tests/packed/test_resume.py::test_a_stopped_packed_job_resumes_alone

@@ -183,8 +183,11 @@ def test_a_stopped_packed_job_resumes_alone(packs, tiny_e2e_gpt2_dir, tmp_path):
     with pytest.raises(CheckpointError, match=r"optim.lr: checkpoint 0.001, now 0.003"):
         run_in_process(_overrides(tiny_e2e_gpt2_dir, i, "optim.lr=3e-3", "trainer.resume=true"),
                        run_dir)  # fmt: skip
-    with jax.default_matmul_precision("highest"):
-        solo = run_in_process(_overrides(tiny_e2e_gpt2_dir, i, "trainer.resume=true"), run_dir)
+    with jax.default_matmul_precision("highest"):  # by its run dir alone: its saved config
+        from lora_jax.run.app import run
+        from lora_jax.run.saved import saved_config
+
+        solo = run(saved_config(run_dir, ["trainer.resume=true", f"output_dir={run_dir}"]), run_dir)
     want = full[i]
     assert solo["status"] == "ok" and solo["run"]["resumed_at"] == 2
     assert "stopped_at" not in solo["run"]

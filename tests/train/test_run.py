@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.app import read_results, run_app, run_in_process, tiny_overrides
+from tests.train.app import read_results, run_app, tiny_overrides
 
 # lora=all and a high rate: the tiny random model's loss falls clearly within 24 steps.
 TRAIN = ["lora=all", "lora.r=4", "optim.lr=3e-2", "trainer.max_steps=24", "trainer.log_every=4"]
@@ -155,15 +155,15 @@ def test_wandb_offline_run_has_history_and_summary(trained):
 
 
 def test_eval_only_adapter_reproduces_final_metrics(trained, tmp_path):
-    """A fresh model + the trained run's checkpoint, no training: the same hypotheses and metrics.
-    This is also the one run that computes the Java (COCO) metrics through the app."""
-    run_dir, args, _ = trained
-    args = [a for a in args if not a.startswith("logger")]
+    """``python -m lora_jax.evaluate RUN_DIR``: a fresh model + the trained run's final
+    checkpoint, with the run's saved config (no override repeated), no training: the same
+    hypotheses and metrics. This is also the one run that computes the Java (COCO) metrics
+    through the app."""
+    from lora_jax.run.evaluate import evaluate_run
+
+    run_dir, _, _ = trained
     ev_dir = tmp_path / "ev"
-    res = run_in_process(
-        [*args, f"adapter={run_dir / 'checkpoints'}", "trainer.eval_only=true",
-         "task.options.coco_metrics=true"], ev_dir,
-    )  # fmt: skip
+    res = evaluate_run(run_dir, ["task.options.coco_metrics=true"], out_dir=str(ev_dir))
     trained_res = read_results(run_dir)
     assert res["status"] == "ok"
     assert (ev_dir / "predictions_eval.txt").read_text() == (
