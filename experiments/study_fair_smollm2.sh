@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The fair rank x target study on SmolLM2-135M-Instruct x E2E (CPU budget), in resumable parts.
 #
-#   bash experiments/study_fair_smollm2.sh p1_lora     # seed 0: 4 target sets x 5 ranks x 3 lrs
-#   bash experiments/study_fair_smollm2.sh p1_full     # seed 0: full fine-tuning x 3 lrs
-#   bash experiments/study_fair_smollm2.sh p1_matched  # seed 0: 9 matched-budget cells x 3 lrs
-#   bash experiments/study_fair_smollm2.sh p2          # seeds 1, 2 of every cell at its lr
-#   bash experiments/study_fair_smollm2.sh report      # the tables (experiments/results/...)
+#   bash experiments/study_fair_smollm2.sh rank1     # seed 0: 4 target sets x 5 ranks x 3 lrs
+#   bash experiments/study_fair_smollm2.sh full1     # seed 0: full fine-tuning x 3 lrs
+#   bash experiments/study_fair_smollm2.sh matched1  # seed 0: 8 matched-budget cells x 3 lrs
+#   bash experiments/study_fair_smollm2.sh rank2 | full2 | matched2   # seeds 1, 2 at each pick
+#   bash experiments/study_fair_smollm2.sh report    # the tables, experiments/results/...
 #
 # Each part is one Hydra multirun under $STUDY (default multirun/study_fair); rerunning a part
 # resumes it (trainer.resume=true: finished jobs are kept, the others restart from their newest
-# checkpoint). The lr of each cell is chosen on seed 0's validation loss (a held-out slice of the
-# training file, never the test set); seeds 1 and 2 then run at that lr only (phase 2), as the
-# study's README says. Budget: 80 AdamW steps of batch 8 (640 of the training pairs), sequences
-# cut at 64 tokens, lr warmed up over 8 steps then decayed linearly, α = 16 at every rank (scale
-# α/r), kaiming init; validation loss on 256 held-out pairs; test: the first 100 of the 630
-# distinct test MRs, greedy decoding of at most 40 new tokens.
+# checkpoint). Each cell's lr is chosen on seed 0's validation loss (a seeded held-out slice of
+# the training file, never the test set); seeds 1 and 2 then run at that lr only (the *2 parts;
+# `report --select-seeds 0` picks on seed 0 the same way). Budget: 80 AdamW steps of batch 8
+# (640 of the training pairs), sequences cut at 64 tokens, packed rows (data.packing), lr warmed
+# up over 8 steps then decayed linearly, α = 16 at every rank (scale α/r), kaiming init;
+# validation loss on 256 held-out pairs; test: the first 100 of the 630 distinct test MRs,
+# greedy decoding of at most 40 new tokens. The matched-budget cell MLP r=8 is the rank part's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -26,23 +27,45 @@ COMMON=(experiment=e2e_offline_smollm2 sweep_name=study_fair
   trainer.batch_size=8 trainer.max_steps=80 trainer.log_every=10 trainer.eval_before=false
   trainer.progress=false trainer.ckpt_every=40 trainer.resume=true trainer.val_examples=256
   optim.warmup_steps=8 task.max_len=64 task.max_eval_items=100 task.decode.num_beams=1
-  task.decode.max_new_tokens=40 task.decode.batch_size=50)
+  task.decode.max_new_tokens=40 task.decode.batch_size=50 data.packing=true)
+LORA=(lora.alpha=16 lora.init=kaiming)
 LORA_LRS=3e-4,1e-3,3e-3
 FULL_LRS=1e-5,3e-5,1e-4
+# 4 adapters per pack: SmolLM2 at batch 8 holds ~2-3 GiB per stacked adapter; on this 24 GiB,
+# 2-core machine a pack of 8 swapped. Each pack trains its jobs in one compiled step.
+PACK=(hydra/launcher=packed hydra.launcher.pack_size=4)
+MATCHED=matched/attn_r13,matched/all_r5,matched/attn_r26,matched/mlp_r16,matched/all_r10,matched/attn_r53,matched/mlp_r32,matched/all_r20
 
-part=${1:?give a part: p1_lora p1_full p1_matched p2 report}
+# phase 2: one config per cell of a phase-1 part, at its pick (experiments/study_cells.py)
+cells() { $PY experiments/study_cells.py "$STUDY" "$1"; }
+SEARCH="hydra.searchpath=[file://$PWD/$STUDY/conf]"
+
+part=${1:?give a part: rank1 full1 matched1 rank2 full2 matched2 report}
 case $part in
-p1_lora)
-  $PY -m lora_jax.train -m "${COMMON[@]}" hydra/launcher=packed lora=qv,attn,mlp,all \
-    lora.r=1,2,4,8,64 lora.alpha=16 lora.init=kaiming optim.lr=$LORA_LRS seed=0 \
-    hydra.sweep.dir=$STUDY/p1_lora ;;
-p1_full)
+rank1)
+  $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" lora=qv,attn,mlp,all \
+    lora.r=1,2,4,8,64 optim.lr=$LORA_LRS seed=0 hydra.sweep.dir=$STUDY/rank/p1 ;;
+full1)
   $PY -m lora_jax.train -m "${COMMON[@]}" method=full optim.lr=$FULL_LRS seed=0 \
-    hydra.sweep.dir=$STUDY/p1_full ;;
-p1_matched)
-  $PY -m lora_jax.train -m "${COMMON[@]}" hydra/launcher=packed \
-    lora=matched/attn_r13,matched/mlp_r8,matched/all_r5,matched/attn_r26,matched/mlp_r16,matched/all_r10,matched/attn_r53,matched/mlp_r32,matched/all_r20 \
-    optim.lr=$LORA_LRS seed=0 hydra.sweep.dir=$STUDY/p1_matched ;;
+    hydra.sweep.dir=$STUDY/full/p1 ;;
+matched1)
+  $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" lora=$MATCHED \
+    optim.lr=$LORA_LRS seed=0 hydra.sweep.dir=$STUDY/matched/p1 ;;
+rank2 | matched2)
+  what=${part%2}
+  $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" "$SEARCH" \
+    "+study_cell=$(cells $what/p1)" seed=1,2 hydra.sweep.dir=$STUDY/$what/p2 ;;
+full2)
+  $PY -m lora_jax.train -m "${COMMON[@]}" method=full "$SEARCH" "+study_cell=$(cells full/p1)" \
+    seed=1,2 hydra.sweep.dir=$STUDY/full/p2 ;;
+report)
+  OUT=experiments/results/study_fair_smollm2
+  SEL=(--select-by val_loss --select-seeds 0)
+  $PY -m lora_jax.report $STUDY/rank $STUDY/full "${SEL[@]}" --out $OUT
+  $PY -m lora_jax.report $STUDY/rank $STUDY/full "${SEL[@]}" --metric rouge_l \
+    --out $OUT/rouge_l --no-plots
+  $PY -m lora_jax.report $STUDY/rank $STUDY/matched "${SEL[@]}" --match-params \
+    --match-tol 0.02 --out $OUT/matched ;;
 *)
-  echo "unknown part $part (p1_lora p1_full p1_matched p2 report)" >&2; exit 2 ;;
+  echo "unknown part $part (rank1 full1 matched1 rank2 full2 matched2 report)" >&2; exit 2 ;;
 esac

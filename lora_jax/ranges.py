@@ -22,6 +22,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("linear", "cosine", "constant"),
     "method": ("lora", "full"),
 }
+# keys that take true, false or auto
+SWITCHES: dict[str, str] = {"data.packing": "auto = packed rows unless lora.dropout > 0"}
 
 
 def _pos(v: Any) -> bool:
@@ -83,6 +85,9 @@ _INTEGER = {"lora.r", "optim.grad_accum", "optim.warmup_steps", "trainer.batch_s
 def value_problem(key: str, value: Any) -> str | None:
     """``"key=value: must be ..."`` when ``value`` is not allowed for ``key``, else None (also
     for a key the table does not hold)."""
+    if key in SWITCHES:
+        ok = value == "auto" or isinstance(value, bool)
+        return None if ok else f"{key}={value!r}: must be true, false or auto ({SWITCHES[key]})"
     if key in CHOICES:
         ok = value in CHOICES[key]
         return None if ok else f"{key}={value!r}: must be one of {', '.join(CHOICES[key])}"

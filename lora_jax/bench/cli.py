@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         choices=("none", "nf4", "int8"),
         help="QLoRA: frozen kernels stored quantized (PEFT side: bitsandbytes 4/8-bit)",
     )
+    p.add_argument("--e2e", metavar="DIR",
+                   help="time real E2E batches (DIR/devset.csv, the offline recipe's training "
+                   "data) instead of one random full batch; SmolLM2 cases")  # fmt: skip
+    p.add_argument("--steps", type=int, default=16, help="--e2e: steps of data per pass")
+    p.add_argument("--packing", default="both", choices=("off", "on", "both"),
+                   help="--e2e: padded rows, packed rows (data.packing), or both and the ratio")  # fmt: skip
     p.add_argument("--peft", action="store_true", help="also run HF PEFT eager and compiled")
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             case = dataclasses.replace(case, batch=2, seq=16)
         case = dataclasses.replace(case, batch=a.batch or case.batch, seq=a.seq or case.seq)
         cfg = model_config(case, a.tiny)
+        if a.e2e:
+            rows.append(_e2e_case(a, case, cfg, dtype))
+            continue
         r = run_case(case, cfg, dtype=dtype, param_dtype=dtype, remat=a.remat,
                      loss_chunk=a.loss_chunk, warmup=a.warmup, repeats=a.repeats,
                      peak=a.peak_flops, quant=a.quant)  # fmt: skip
@@ -80,3 +89,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
     return rows
+
+
+def _e2e_case(a: argparse.Namespace, case, cfg, dtype: str) -> dict:
+    """One case over real E2E batches, padded and/or packed: real tokens/s, the share of real
+    tokens among the positions computed, the shapes compiled, the process's peak RSS so far
+    (run --packing on and off in separate processes to compare peak RSS)."""
+    from lora_jax.bench.e2e import e2e_batches
+    from lora_jax.bench.jax_step import run_case
+    from lora_jax.errors import ConfigError
+
+    if cfg is not None:
+        raise ConfigError("--e2e needs the real tokenizer: use a smollm2-* case without --tiny")
+    row: dict = {"case": case.name, "batch": case.batch, "seq": case.seq, "steps": a.steps}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[a.packing]
+    for packed in modes:
+        data = lambda tok, p=packed: e2e_batches(tok, a.e2e, case.batch, case.seq, a.steps, p)
+        r = run_case(case, cfg, dtype=dtype, param_dtype=dtype, remat=a.remat,
+                     loss_chunk=a.loss_chunk, repeats=a.repeats, quant=a.quant, data=data)  # fmt: skip
+        name = "packed" if packed else "padded"
+        row[name] = dataclasses.asdict(r)
+        print(f"{case.name:20s} b{case.batch} max_len {case.seq} {name}: {r.tokens_per_s:8.0f} "
+              f"real tok/s  step {1e3 * r.step_s:7.1f} ms  real tokens {100 * r.real_fraction:.0f}% "
+              f"of positions  {r.shapes} shapes  host RSS {r.host_rss_mib:.0f} MiB  "
+              f"final loss {r.loss:.4f}")  # fmt: skip
+    if len(modes) == 2:
+        ratio = row["packed"]["tokens_per_s"] / row["padded"]["tokens_per_s"]
+        row["packed_over_padded"] = ratio
+        print(f"  packed / padded real tok/s: {ratio:.2f}x")
+    return row

@@ -60,6 +60,8 @@ class Result:
     mfu: float | None
     loss: float
     frozen_bytes: int = 0  # resident frozen base (packed bytes when quantized)
+    real_fraction: float = 1.0  # real tokens / token positions computed (real batches)
+    shapes: int = 1  # distinct batch shapes compiled
 
 
 def peak_flops(device: Any, given: float | None) -> float | None:
@@ -94,11 +96,11 @@ def _model(case: Case, cfg: ModelConfig | None, dtype: str, param_dtype: str, re
         if not gguf:
             raise ConfigError("SmolLM2 cases need LORA_JAX_SMOLLM2_GGUF=path/to/SmolLM2-135M.gguf")
         lm = load_model(gguf, dtype, param_dtype)
-        return lm.module.clone(remat=remat), lm.params, lm.config
+        return lm.module.clone(remat=remat), lm.params, lm.config, lm.tokenizer
     module = build_model(cfg, dtype, param_dtype).clone(remat=remat)
     ids = jnp.zeros((1, 8), jnp.int32)
     params = jax.jit(module.init)(jax.random.key(0), ids)["params"]
-    return module, params, cfg
+    return module, params, cfg, None
 
 
 def run_case(
@@ -113,10 +115,15 @@ def run_case(
     repeats: int = 5,
     peak: float | None = None,
     quant: str = "none",
+    data: Any = None,
 ) -> Result:
     """Build, compile, warm up and time ``repeats`` steps of ``case``; median step time.
-    ``quant`` (nf4 | int8): the adapted model's frozen kernels stored quantized (QLoRA)."""
-    module, params, mcfg = _model(case, cfg, dtype, param_dtype, remat)
+    ``quant`` (nf4 | int8): the adapted model's frozen kernels stored quantized (QLoRA).
+    ``data(tokenizer) -> [batch, ...]`` (real batches, lora_jax.bench.e2e): instead of one
+    random full batch, every shape the batches have is compiled, then all of them are timed
+    ``repeats`` times over; tokens/s counts real (non-padding) tokens, ``real_fraction`` the
+    share of real tokens among the positions computed."""
+    module, params, mcfg, tok = _model(case, cfg, dtype, param_dtype, remat)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)  # for FLOPs
     if quant != "none":
         if case.full:
@@ -148,6 +155,9 @@ def run_case(
         trainable = L.count_trainable(lora)
         args = lambda: (state[0], state[1], params, batch, key)  # noqa: E731
 
+    if data is not None:
+        return _run_batches(case, mcfg, shapes, lora, params, state, step, data(tok),
+                            trainable, repeats, quant=quant, full=case.full, key=key)  # fmt: skip
     compiled = step.lower(*args()).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -189,4 +199,49 @@ def run_case(
         mfu=None if pk is None else flops_f / step_s / pk,
         loss=loss,
         frozen_bytes=int(frozen_bytes(params)["bytes"]),
+    )
+
+
+def _run_batches(case, mcfg, shapes, lora, params, state, step, batches, trainable, repeats, *,
+                 quant, full, key) -> Result:  # fmt: skip
+    """:func:`run_case` over real batches: compile each distinct shape once (one warm-up pass),
+    then time ``repeats`` passes over all of them; median pass time."""
+    dev = [jax.device_put(b) for b in batches]
+
+    def one(b):
+        if full:
+            state[0], state[1], m = step(state[0], state[1], b)
+        else:
+            state[0], state[1], m = step(state[0], state[1], params, b, key)
+        return m
+
+    for b in dev:  # compiles every shape
+        m = one(b)
+    jax.block_until_ready(m["loss"])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in dev:
+            m = one(b)
+        loss = float(jax.block_until_ready(m["loss"]))
+        times.append(time.perf_counter() - t0)
+    pass_s = statistics.median(times)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    positions = sum(int(b["input_ids"].size) for b in batches)
+    seq = max(b["input_ids"].shape[1] for b in batches)
+    return Result(
+        case=case.name,
+        step_s=pass_s / len(batches),
+        tokens_per_s=real / pass_s,
+        trainable=int(trainable),
+        flops_xla=float("nan"),
+        flops_formula=float(formula_flops(mcfg, shapes, lora, positions, seq)),
+        peak_bytes=None,
+        peak_source="n/a (several shapes)",
+        host_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        mfu=None,
+        loss=loss,
+        frozen_bytes=int(frozen_bytes(params)["bytes"]),
+        real_fraction=real / positions,
+        shapes=len({b["input_ids"].shape for b in batches}),
     )

@@ -15,6 +15,10 @@ that lengths cannot express (see :func:`prepare_call`):
   model: a ``[B, 1, T, S]`` bool mask, because the causal diagonal starts at a different cache
   slot in every row (``is_causal`` assumes it starts at slot 0 for all rows). It is built once
   per call, not per step.
+- packed rows (``segment_ids``, sequence packing: several examples per row, lora_jax.tasks.
+  batching.pack_examples): a ``[B, 1, T, T]`` bool mask, causal within a segment only (key
+  segment = query segment), built once per call; positions restart per example (given by the
+  batch, else derived from the segments). Padding (segment 0) attends only to padding.
 
 The cache is a plain pytree whose leaves all have batch on axis 0 (beam search reorders it with
 ``x[beam_idx]``)::
@@ -90,6 +94,7 @@ def prepare_call(
     cache: Any,
     cfg: Any,
     seq_lengths: Any = None,
+    segment_ids: Any = None,
 ) -> tuple[jax.Array, jax.Array, AttnSpec, jax.Array | None]:
     """The start of every model call.
 
@@ -102,6 +107,11 @@ def prepare_call(
     b, t = input_ids.shape
     if attention_mask is not None and seq_lengths is not None:
         raise ValueError("pass attention_mask or seq_lengths, not both")
+    if segment_ids is not None:
+        if cache is not None or attention_mask is not None or seq_lengths is not None:
+            raise ValueError("segment_ids (packed rows) go without a cache, attention_mask or "
+                             "seq_lengths")  # fmt: skip
+        return _packed_call(input_ids, jnp.asarray(segment_ids), positions, cfg)
     start = None
     if cache is not None:
         check_cache(cache, cfg.num_layers, b, t)
@@ -131,6 +141,33 @@ def prepare_call(
         mask = allowed[:, None]
     spec = AttnSpec(kv_lengths=kv_lengths, start=start, mask=mask)
     return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, perm
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 where the segment id changes along a row: ``[B, T]``."""
+    t = segment_ids.shape[1]
+    idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+    change = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1
+    )
+    start = jax.lax.cummax(jnp.where(change, idx, 0), axis=1)
+    return idx - start
+
+
+def _packed_call(
+    input_ids: jax.Array, segment_ids: jax.Array, positions: Any, cfg: Any
+) -> tuple[jax.Array, jax.Array, AttnSpec, None]:
+    """:func:`prepare_call` for packed rows: causal attention within each segment."""
+    b, t = input_ids.shape
+    if positions is None:
+        positions = segment_positions(segment_ids)
+    q_idx = jnp.arange(t, dtype=jnp.int32)[:, None]
+    k_idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+    allowed = (k_idx <= q_idx)[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if cfg.sliding_window is not None:  # segments are contiguous: row offsets = positions
+        allowed = allowed & (q_idx - k_idx < cfg.sliding_window)[None]
+    spec = AttnSpec(kv_lengths=jnp.full((b,), t, jnp.int32), start=None, mask=allowed[:, None])
+    return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, None
 
 
 def write_and_read(
@@ -165,7 +202,7 @@ def attend(
     Softmax runs in fp32 (jax.nn.dot_product_attention). -> [B, T, H, hd]."""
     k = k.astype(q.dtype)
     v = v.astype(q.dtype)
-    if spec.mask is not None:  # multi-token call into a cache: see the module docstring
+    if spec.mask is not None:  # into a cache, or packed rows: see the module docstring
         return jax.nn.dot_product_attention(q, k, v, mask=spec.mask)
     # a row with no real token (filler rows) still attends to one key: finite outputs
     kv_len = jnp.maximum(spec.kv_lengths, 1).astype(jnp.int32)

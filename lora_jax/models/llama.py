@@ -183,7 +183,7 @@ class LlamaBlock(_Common):
 
 class LlamaForCausalLM(_Common):
     """Llama-family LM. ``__call__(input_ids [B, T], attention_mask, positions, cache,
-    deterministic, seq_lengths, return_hidden)`` -> ``(logits [B, T, V] fp32 — or the final
+    deterministic, seq_lengths, return_hidden, segment_ids)`` -> ``(logits [B, T, V] fp32 — or the final
     hidden states [B, T, d] with return_hidden — , new_cache or None)``; see
     :mod:`lora_jax.models.attention`. ``scan_layers`` / ``remat``: :mod:`lora_jax.models.layers`."""
 
@@ -200,10 +200,11 @@ class LlamaForCausalLM(_Common):
         deterministic: bool = True,
         seq_lengths: jax.Array | None = None,
         return_hidden: bool = False,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, att.Cache | None]:
         cfg = self.cfg
         input_ids, positions, spec, perm = att.prepare_call(
-            input_ids, attention_mask, positions, cache, cfg, seq_lengths
+            input_ids, attention_mask, positions, cache, cfg, seq_lengths, segment_ids
         )
         embed = nn.Embed(
             cfg.vocab_size,

@@ -95,6 +95,7 @@ class Report:
     mixed: list[str]  # cells averaged over runs that differ beyond the seed (allow_mixed)
     init: str = "unknown"  # the cells' runs' lora.init: one name, "mixed", or "unknown"
     selection: Selection | None = None  # the per-cell lr picks (select_by)
+    baseline: Cell | None = None  # the full fine-tuning runs (method=full), outside the grid
 
 
 def sort_key(axis: str, value: Any) -> tuple:
@@ -151,6 +152,7 @@ def aggregate(
     split: Sequence[str] = (),
     allow_mixed: bool = False,
     select_by: str | None = None,
+    select_seeds: Sequence[int] | None = None,
 ) -> Report:
     """Group successful runs into cells over (rows, cols); see the module docstring."""
     key = metric_key(metric)
@@ -159,7 +161,8 @@ def aggregate(
     for run in runs:
         if not run.ok:
             continue
-        missing = [a for a in (rows, cols) if a not in run.sweep]
+        # full fine-tuning (method=full) has no targets or r: the baseline row, below
+        missing = [a for a in (rows, cols) if a not in run.sweep and not is_full(run)]
         if missing or key not in run.metrics:
             what = f"sweep axis {missing[0]!r}" if missing else f"metric {key!r}"
             known = sorted(run.sweep) if missing else sorted(run.metrics)
@@ -171,9 +174,11 @@ def aggregate(
             good.append(run)
     selection = None
     if select_by and good:
-        selection = select_lr(good, select_by)
+        selection = select_lr(good, select_by, select_seeds)
         good = [r for c in selection.choices for r in c.runs]
         failed += selection.excluded
+    full = [r for r in good if is_full(r)]
+    good = [r for r in good if not is_full(r)]
     if not good:
         hint = f"{len(failed)} failed/incomplete run(s): " + "; ".join(
             f"{r.name}: {r.error}" for r in failed[:5]
@@ -227,8 +232,38 @@ def aggregate(
             )
         )
     sections.sort(key=lambda s: [sort_key(a, v) for a, v in s.fixed.items()])
-    return Report(metric, rows, cols, sections, failed, runs, scales, mixed, init_of(good),
-                  selection)  # fmt: skip
+    report = Report(metric, rows, cols, sections, failed, runs, scales, mixed, init_of(good),
+                    selection)  # fmt: skip
+    if full:
+        report.baseline = _baseline(full, key, scales, selection, allow_mixed, mixed)
+    return report
+
+
+def is_full(run: Run) -> bool:
+    """A full fine-tuning run (``method=full``: every base weight trained, no LoRA axes)."""
+    return run.sweep.get("method") == "full" or run.recipe.get("method") == "full"
+
+
+def _baseline(runs: list[Run], key: str, scales: dict[str, float], selection: Selection | None,
+              allow_mixed: bool, mixed: list[str]) -> Cell:  # fmt: skip
+    """The full fine-tuning row: one cell over its runs (seeds, at the picked lr)."""
+    diffs = cell_differences(runs)
+    if diffs:
+        text = describe_differences("the full fine-tuning runs", diffs)
+        if not allow_mixed:
+            raise ReportError(f"{text}. Report full fine-tuning runs of one recipe (or pass "
+                              "--allow-mixed)")  # fmt: skip
+        mixed.append(text)
+    metrics = pd.DataFrame([r.metrics for r in runs])
+    cols = [k for k in scales if k in metrics]
+    grp = metrics[cols] * pd.Series({k: scales[k] for k in cols})
+    if key not in grp or grp[key].isna().all():
+        raise ReportError(f"the full fine-tuning runs have no {key!r}")
+    cell = _make_cell("full", None, runs, grp, key, cols)
+    if selection is not None:
+        picks = {id(c): c for c in map(selection.choice_of, runs) if c is not None}
+        cell.lr = next(iter(picks.values())) if len(picks) == 1 else None
+    return cell
 
 
 def _make_cell(

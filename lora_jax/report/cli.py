@@ -17,6 +17,7 @@ USAGE = """\
     python -m lora_jax.report multirun/rank_table/2025-01-01_12-00-00 [--metric bleu] [--out DIR]
                               [--rows targets --cols r] [--split lr] [--allow-mixed]
     python -m lora_jax.report multirun/lr_grid/STAMP --select-by val_loss   (each cell at its best lr)
+    python -m lora_jax.report DIR1 DIR2 ... --select-by val_loss --select-seeds 0   (a study's parts)
     python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
     python -m lora_jax.report multirun/matched_params/STAMP --match-params [--match-tol 0.02]
     python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
@@ -32,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--match-params puts target sets side by side at equal trainable-parameter count.",
         usage=USAGE,
     )
-    p.add_argument("multirun_dir", nargs="?", help="Hydra multirun dir (multirun/NAME/STAMP)")
+    p.add_argument("multirun_dir", nargs="*",
+                   help="Hydra multirun dir(s) (multirun/NAME/STAMP); several are read as one "
+                   "sweep (e.g. the parts of a study)")  # fmt: skip
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead")
     p.add_argument("--group", help="W&B group (the sweep name) to restrict --wandb to")
     p.add_argument(
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics.validation.loss, lower is better; val_<metric>: "
                    "metrics.validation.<metric>, higher is better) and report the test "
                    "metrics at that lr; warns when the pick is the grid's smallest or largest")  # fmt: skip
+    p.add_argument("--select-seeds", type=int, nargs="+", metavar="SEED",
+                   help="--select-by on these seeds' runs only (the lr chosen on seed 0, the "
+                   "other seeds run at the chosen lr); the table keeps every seed")  # fmt: skip
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help='paired bootstrap of A − B; A, B: "axis=value ..." selecting runs')  # fmt: skip
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--compare)")
@@ -74,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.multirun_dir) == bool(args.wandb):
         parser.error("give exactly one of: a multirun dir, or --wandb ENTITY/PROJECT")
+    if args.select_seeds and not args.select_by:
+        parser.error("--select-seeds goes with --select-by")
     if args.compare and args.select_by:
         parser.error("--select-by is for the table; with --compare put lr=<value> in A and B")
     if args.match_params and (args.compare or (args.rows, args.cols) != ("targets", "r")):
@@ -84,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = (
             collect_wandb_runs(args.wandb, args.group)
             if args.wandb
-            else collect_runs(args.multirun_dir)
+            else [run for d in args.multirun_dir for run in collect_runs(d)]
         )
         metric = args.metric or default_metric(runs)
         if args.compare:
@@ -92,13 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(render_compare(result, *args.compare, metric, a, b))
             return 0
         report = aggregate(runs, metric, args.rows, args.cols, args.split, args.allow_mixed,
-                           args.select_by)  # fmt: skip
+                           args.select_by, args.select_seeds)  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for warning in report.selection.warnings if report.selection else ():
         print(f"warning: {warning}", file=sys.stderr)
-    out = args.out or (Path(args.multirun_dir) / "report" if args.multirun_dir else Path("report"))
+    out = args.out or (Path(args.multirun_dir[0]) / "report" if args.multirun_dir
+                       else Path("report"))  # fmt: skip
     if args.match_params:
         paths = write_matched(match_params(report, args.match_tol), out)
         print(paths["matched.md"].read_text())

@@ -55,6 +55,8 @@ def plot_report(report: Report, out: Path) -> list[Path]:
             ys = [c.mean for c in cells]
             errs = [c.half or 0.0 for c in cells]
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=str(row))
+        if report.baseline is not None:  # full fine-tuning: a level, not a curve over r
+            ax.axhline(report.baseline.mean, color="k", ls="--", lw=1, label="full fine-tuning")
         if positive:
             ax.set_xscale("log", base=2)
             ax.set_xticks(section.cols, [str(c) for c in section.cols])
@@ -92,6 +94,10 @@ def plot_report(report: Report, out: Path) -> list[Path]:
                         xytext=(3, 3),
                         textcoords="offset points",
                     )
+        b = report.baseline
+        if b is not None and b.trainable:  # full fine-tuning: every weight
+            ax.errorbar([b.trainable], [b.mean], yerr=[b.half or 0.0], marker="s", color="k",
+                        capsize=3, label="full fine-tuning")  # fmt: skip
         ax.set_xscale("log")
         ax.set(xlabel="trainable parameters", ylabel=ylabel, title=title or None)
         ax.legend(title=report.rows_axis, fontsize="small")

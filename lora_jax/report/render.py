@@ -101,6 +101,7 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     n_ok = sum(c.n for s in report.sections for c in s.cells.values())
+    n_ok += report.baseline.n if report.baseline is not None else 0
     lines.append(f"{n_ok} successful run(s), {len(report.failed)} failed. {_seed_note(report)}")
     picked = ", lr picked on validation: see below" if report.selection else ""
     lines.append(
@@ -126,6 +127,9 @@ def render_markdown(report: Report) -> str:
                     if cell := section.cells.get((row, col)):
                         lines.append(f"- {row}@{report.cols_axis}={col}: {fmt_cell(cell, percent)}")
             lines.append("")
+    if report.baseline is not None:
+        lines += [f"**Full fine-tuning** (method=full, every weight trained): "
+                  f"{fmt_cell(report.baseline, percent)}", ""]  # fmt: skip
     section, cell = best_cell(report)
     where = "".join(f", {a}={v}" for a, v in section.fixed.items())
     lines.append(
@@ -216,6 +220,14 @@ def render_latex(report: Report) -> str:
         out.append("\\midrule")
         for row in body:
             out.append(" & ".join([_tex_escape(row[0])] + row[1:]).replace("—", "--") + " \\\\")
+        if report.baseline is not None:
+            c = report.baseline
+            value = fmt_stat(c.mean, c.half, percent, pm=TEX_PM) + TEX_PARAMS.format(
+                f"n={c.n}, {fmt_params(c.trainable)}"
+                + ("" if c.lr is None else f", lr={c.lr.lr:.1e}")
+            )
+            out += ["\\midrule", f"full fine-tuning & \\multicolumn{{{len(section.cols)}}}{{c}}"
+                    f"{{{value}}} \\\\"]  # fmt: skip
         out += ["\\bottomrule", "\\end{tabular}", ""]
     return "\n".join(out)
 
@@ -245,29 +257,35 @@ def write_cells_csv(report: Report, path: Path) -> None:
             ]
             + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
         )
-        for section in report.sections:
-            for row in section.rows:
-                for col in section.cols:
-                    if not (c := section.cells.get((row, col))):
-                        continue
-                    stats = [x for k in keys for x in c.stats.get(k, (None, None))]
-                    w.writerow(
-                        [
-                            row,
-                            col,
-                            *(section.fixed.get(a) for a in fixed_axes),
-                            c.n,
-                            c.mean,
-                            c.std,
-                            *(c.ci or (None, None)),
-                            c.trainable,
-                            init_of(c.runs),
-                            None if c.lr is None else c.lr.lr,
-                            metric_key(report.metric),
-                            report.scales[metric_key(report.metric)],
-                            *stats,
-                        ]
-                    )
+        every = [
+            (section, row, col, section.cells.get((row, col)))
+            for section in report.sections
+            for row in section.rows
+            for col in section.cols
+        ]
+        if report.baseline is not None:  # the full fine-tuning row: targets "full", no r
+            every.append((report.sections[0], "full", None, report.baseline))
+        for section, row, col, c in every:
+            if c is None:
+                continue
+            stats = [x for k in keys for x in c.stats.get(k, (None, None))]
+            w.writerow(
+                [
+                    row,
+                    col,
+                    *(section.fixed.get(a) for a in fixed_axes),
+                    c.n,
+                    c.mean,
+                    c.std,
+                    *(c.ci or (None, None)),
+                    c.trainable,
+                    init_of(c.runs),
+                    None if c.lr is None else c.lr.lr,
+                    metric_key(report.metric),
+                    report.scales[metric_key(report.metric)],
+                    *stats,
+                ]
+            )
 
 
 def write_runs_csv(runs: list[Run], path: Path) -> None:

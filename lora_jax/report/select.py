@@ -12,6 +12,9 @@ that lr was tuned for; here each cell gets its own:
   ``metrics.validation.<metric>`` (higher is better, unless the name says loss/perplexity, as
   in lora_jax.report.stats.lower_is_better). An lr whose mean is not finite (a diverged
   seed) is never picked.
+- ``--select-seeds 0``: the means use seed 0's runs only, for a study that chose each cell's lr
+  on one seed and ran the other seeds at the chosen lr alone (the grid is then the lrs that
+  seed ran); the table still averages every seed at the pick.
 - The cell's lr is the best mean (on a tie, the smaller lr). Its runs at that lr go on to the
   table; the runs at the other lrs stay out of it (they remain in runs.csv). A pick at the
   smallest or largest lr of the cell's grid is warned about: the optimum may lie outside it.
@@ -113,8 +116,10 @@ def _cell_key(run: Run) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in items.items()))
 
 
-def select_lr(runs: Sequence[Run], select_by: str) -> Selection:
-    """Pick each cell's lr among the successful ``runs`` (see the module docstring)."""
+def select_lr(runs: Sequence[Run], select_by: str, seeds: Sequence[int] | None = None) -> Selection:
+    """Pick each cell's lr among the successful ``runs`` (see the module docstring). ``seeds``:
+    score each lr on these seeds' runs only (a study that chose the lr on seed 0 and ran the
+    other seeds at the chosen lr alone); the cell's runs at the pick keep every seed."""
     key = validation_key(select_by)
     lower = lower_is_better(key)
     cells: dict[tuple, list[Run]] = {}
@@ -141,17 +146,26 @@ def select_lr(runs: Sequence[Run], select_by: str) -> Selection:
         by_lr: dict[float, list[Run]] = {}
         for run in members:
             by_lr.setdefault(run_lr(run), []).append(run)
-        scores = {
-            lr: (sum(r.metrics[key] for r in rs) / len(rs), len(rs))
+        scoring = {
+            lr: [r for r in rs if seeds is None or _seed(r) in seeds]
             for lr, rs in sorted(by_lr.items())
         }
+        scores = {
+            lr: (sum(r.metrics[key] for r in rs) / len(rs), len(rs))
+            for lr, rs in scoring.items()
+            if rs
+        }
+        if not scores:  # none of the cell's runs has a selecting seed
+            excluded += [replace(r, ok=False, error=f"no run of seed {list(seeds or [])} in its "
+                                 "cell to pick the lr on") for r in members]  # fmt: skip
+            continue
         finite = [lr for lr, (mean, _) in scores.items() if math.isfinite(mean)]
         if not finite:
             excluded += [replace(r, ok=False, error=f"{key} is not finite at every lr of its "
                                  "cell: no lr to pick") for r in members]  # fmt: skip
             continue
         best = min(finite, key=lambda lr: (sign * scores[lr][0], lr))
-        picked.append((cell_key, best, sorted(by_lr), scores, by_lr[best]))
+        picked.append((cell_key, best, sorted(scores), scores, by_lr[best]))
 
     if not picked:
         raise ReportError(
@@ -164,6 +178,11 @@ def select_lr(runs: Sequence[Run], select_by: str) -> Selection:
         for _, lr, grid, scores, runs_ in picked
     ]
     return Selection(select_by, key, lower, choices, excluded)
+
+
+def _seed(run: Run) -> int | None:
+    value = run.recipe.get("seed", run.sweep.get("seed"))
+    return None if value is None else int(value)
 
 
 def _varying_axes(runs: Sequence[Run]) -> list[str]:

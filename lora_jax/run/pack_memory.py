@@ -73,11 +73,12 @@ def step_memory(
     dropout: bool = False,
     loss_chunk: int | None = None,
     scan_prefix: str | None = None,
+    packed_rows: bool = False,
 ) -> StepMemory:
     """Memory of the packed step compiled for ``k`` adapters laid out as the union of
     ``trees`` (each slot at the largest rank any tree gives it). ``frozen``: the base in the
     step's layout (stacked with ``scan_prefix``), arrays or ShapeDtypeStructs; ``batch_shape``:
-    ``[B, T]``. Nothing is run."""
+    ``[B, T]`` (with ``packed_rows``: B rows of packed examples). Nothing is run."""
     union, _ = stack(trees)
     lora = _abstract(union, k)
     dt = jnp.float32  # lora_jax.train.packed_step.job_hyperparams
@@ -88,6 +89,9 @@ def step_memory(
     batch = {"input_ids": jax.ShapeDtypeStruct((b, t), jnp.int32),
              "attention_mask": jax.ShapeDtypeStruct((b, t), jnp.int32),
              "loss_mask": jax.ShapeDtypeStruct((b, t), jnp.float32)}  # fmt: skip
+    if packed_rows:  # the [B, 1, T, T] segment mask is part of the step's memory
+        batch |= {"segment_ids": jax.ShapeDtypeStruct((b, t), jnp.int32),
+                  "positions": jax.ShapeDtypeStruct((b, t), jnp.int32)}  # fmt: skip
     keys = jax.ShapeDtypeStruct((k, 2), jnp.uint32)  # jax.random.PRNGKey per job
     ok = jax.ShapeDtypeStruct((k,), jnp.bool_)
     step = make_packed_step(module, grad_accum=grad_accum, dropout=dropout,
@@ -186,6 +190,7 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     from lora_jax.models.pretrained import load_for_run as load_base
     from lora_jax.models.registry import lora_modules
     from lora_jax.tasks.batching import default_buckets, linear_buckets
+    from lora_jax.train.data import packing
     from lora_jax.train.engine import layer_layout
 
     cfg0 = cfgs[0]
@@ -209,9 +214,11 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     frozen = _abstract(lm.params)
     buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
+    # packed rows (data.packing): at most one row per example, the same largest shape
     shape = (int(tcfg.batch_size), int(max(buckets)))
     kw = dict(grad_accum=int(cfg0.optim.grad_accum), dropout=cfg0.lora.dropout > 0,
-              loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix)  # fmt: skip
+              loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix,
+              packed_rows=packing(cfg0))  # fmt: skip
     return lambda k: step_memory(module, frozen, trees, k, shape, **kw)
 
 

@@ -131,6 +131,16 @@ class TrainerCfg:
 
 
 @dataclass
+class DataCfg:
+    # Sequence packing (lora_jax.tasks.batching.pack_examples): each step's examples first-fit
+    # into rows of task.max_len tokens with segment ids and per-example positions, attention
+    # within an example only; the same examples per step give the same loss and gradients as
+    # padded rows, on fewer token positions. auto = on unless lora.dropout > 0 (dropout draws
+    # follow the layout, so they would differ from the padded run's); true | false.
+    packing: Any = "auto"
+
+
+@dataclass
 class LoggerCfg:
     name: str = "none"  # none | wandb
     project: str = "lora-jax"
@@ -164,6 +174,7 @@ class Config:
     lora: LoraCfg = field(default_factory=LoraCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    data: DataCfg = field(default_factory=DataCfg)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
     precision: PrecisionCfg = field(default_factory=PrecisionCfg)
     mesh: MeshCfg = field(default_factory=MeshCfg)

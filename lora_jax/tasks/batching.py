@@ -114,6 +114,11 @@ class TrainBatches:
         epoch, i = divmod(step, self.steps_per_epoch)
         return self.order(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
 
+    def positions_at(self, step: int) -> int:
+        """Token positions (real and padding) of a step's batch, without building it."""
+        longest = int(self.lengths[self.indices_at(step)].max())
+        return self.batch_size * next(b for b in self.buckets if b >= longest)
+
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """input_ids [B,T] int32, attention_mask [B,T] int32, loss_mask [B,T] float32."""
         idx = self.indices_at(step)
@@ -135,3 +140,103 @@ class TrainBatches:
         while True:
             yield self.batch_at(step)
             step += 1
+
+
+# ---------------------------------------------------------------------------- sequence packing
+def first_fit(lengths: Sequence[int], row_len: int) -> list[list[int]]:
+    """Positions into ``lengths``, grouped into rows of at most ``row_len`` tokens: each item
+    goes to the first row it fits in (in the given order), else opens a new row. Deterministic;
+    never more rows than items."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i, n in enumerate(lengths):
+        n = int(n)
+        if n > row_len:
+            raise DataError(f"an example of {n} tokens does not fit a row of {row_len}")
+        for r, room in enumerate(free):
+            if n <= room:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(row_len - n)
+    return rows
+
+
+def pack_examples(
+    examples: Sequence[dict[str, Sequence[int]]],
+    row_len: int,
+    rows: int | None = None,
+    row_multiple: int = 1,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """Pack ``examples`` ({input_ids, loss_mask}, each <= ``row_len`` tokens) first-fit into
+    rows of ``row_len`` tokens -> input_ids, segment_ids, positions, attention_mask (int32) and
+    loss_mask (float32), all ``[R, row_len]``.
+
+    Each example's tokens sit contiguously in one row with ``segment_ids`` = its 1-based place
+    in that row and ``positions`` = 0, 1, ... restarting per example; padding has segment 0,
+    position 0, loss_mask 0. ``loss_mask`` of an example's first token is set to 0: the loss
+    predicts token t from t-1 within a row, so a first token would otherwise be "predicted" from
+    the previous example's last one (unpacked, a row's first token is never a target either).
+    R is the rows first-fit needs, rounded up to a multiple of ``row_multiple`` (data-parallel
+    devices), or exactly ``rows`` when given (filler rows are all padding).
+    """
+    lengths = [len(e["input_ids"]) for e in examples]
+    groups = first_fit(lengths, row_len)
+    need = -(-max(len(groups), 1) // row_multiple) * row_multiple
+    if rows is None:
+        rows = need
+    elif rows < len(groups):
+        raise ValueError(f"{len(examples)} examples need {len(groups)} rows, more than {rows}")
+    ids = np.full((rows, row_len), pad_id, np.int32)
+    seg = np.zeros((rows, row_len), np.int32)
+    pos = np.zeros((rows, row_len), np.int32)
+    loss = np.zeros((rows, row_len), np.float32)
+    for r, group in enumerate(groups):
+        t = 0
+        for s, i in enumerate(group, start=1):
+            n = lengths[i]
+            ids[r, t : t + n] = examples[i]["input_ids"]
+            seg[r, t : t + n] = s
+            pos[r, t : t + n] = np.arange(n)
+            loss[r, t : t + n] = examples[i]["loss_mask"]
+            loss[r, t] = 0.0
+            t += n
+    attn = (seg > 0).astype(np.int32)
+    return {"input_ids": ids, "segment_ids": seg, "positions": pos, "attention_mask": attn,
+            "loss_mask": loss}  # fmt: skip
+
+
+class PackedRowBatches(TrainBatches):
+    """:class:`TrainBatches` whose step batches are packed rows (``data.packing``): the same
+    examples per step, in the same order and resumable the same way, but first-fit into rows of
+    ``row_len`` tokens (:func:`pack_examples`) instead of one padded row each. The row count R
+    varies with the step's lengths, within ``row_multiple, 2·row_multiple, ..`` up to the batch
+    size rounded up to ``row_multiple``, so at most that many step shapes are compiled (the
+    ones a run's steps need: E2E on SmolLM2 at batch 8 and 128 tokens, 4-6 rows)."""
+
+    def __init__(self, encoded, batch_size, seed, row_len: int, pad_id: int = 0,
+                 row_multiple: int = 1) -> None:  # fmt: skip
+        super().__init__(encoded, batch_size, seed, buckets=[row_len], pad_id=pad_id)
+        if row_multiple < 1:
+            raise ConfigError(f"row_multiple must be >= 1, got {row_multiple}")
+        self.row_len = row_len
+        self.row_multiple = row_multiple
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """input_ids, segment_ids, positions, attention_mask [R, row_len] int32, loss_mask
+        [R, row_len] float32."""
+        idx = self.indices_at(step)
+        return pack_examples([self.encoded[j] for j in idx], self.row_len,
+                             row_multiple=self.row_multiple, pad_id=self.pad_id)  # fmt: skip
+
+    def positions_at(self, step: int) -> int:
+        rows = len(first_fit(self.lengths[self.indices_at(step)], self.row_len))
+        return -(-rows // self.row_multiple) * self.row_multiple * self.row_len
+
+    def row_counts(self) -> list[int]:
+        """The row counts a step may have (each one compiled step shape, at most)."""
+        m = self.row_multiple
+        return list(range(m, -(-self.batch_size // m) * m + 1, m))

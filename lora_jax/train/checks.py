@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lora_jax.errors import ConfigError
-from lora_jax.ranges import CHOICES, RULES, value_problem
+from lora_jax.ranges import CHOICES, RULES, SWITCHES, value_problem
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
@@ -24,7 +24,7 @@ def _get(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
 def config_problems(cfg: Mapping[str, Any]) -> list[str]:
     """``["optim.lr=-1: must be > 0", ...]`` for a resolved config dict (empty: all valid)."""
     out = []
-    for key in [k for k, *_ in RULES] + list(CHOICES):  # one table: lora_jax.ranges
+    for key in [k for k, *_ in RULES] + list(CHOICES) + list(SWITCHES):  # lora_jax.ranges
         present, v = _get(cfg, key)
         problem = value_problem(key, v) if present else None
         if problem:

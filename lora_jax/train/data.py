@@ -13,9 +13,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from lora_jax.errors import ConfigError, MissingFile
 from lora_jax.tasks import get_task
-from lora_jax.tasks.batching import TrainBatches, default_buckets, linear_buckets
+from lora_jax.tasks.batching import (
+    PackedRowBatches,
+    TrainBatches,
+    default_buckets,
+    linear_buckets,
+)
 from lora_jax.tasks.formatting import encode_example
 from lora_jax.tasks.sample import write_e2e_sample
+from lora_jax.train.validation import packed_batches
 from lora_jax.train.validation import validation_batches as _held_out_batches
 
 TASK_KEYS = ("dataset", "data_dir", "data_files", "train_file", "eval_file", "train_split",
@@ -102,9 +108,39 @@ def split_validation(cfg: DictConfig, task: Any, train: list) -> tuple[list, lis
     return val, rest, info
 
 
-def train_batches(cfg: DictConfig, tok: Any, task: Any, train: list) -> TrainBatches:
-    """The training batches (bucketed, in the data seed's order)."""
+def packing(cfg: DictConfig) -> bool:
+    """``data.packing``: true, false, or auto = on unless LoRA dropout is on (its random masks
+    follow the token layout, so packed and padded runs would draw different ones)."""
+    value = cfg.get("data", {}).get("packing", False)
+    if value == "auto":
+        return cfg.get("method", "lora") == "full" or not float(cfg.lora.dropout) > 0
+    return bool(value)
+
+
+def row_multiple(cfg: DictConfig) -> int:
+    """Packed rows per step are a multiple of the devices the batch is split over (the mesh's
+    data x fsdp, -1 resolved against the devices)."""
+    data, fsdp = int(cfg.mesh.data), int(cfg.mesh.fsdp)
+    if data * fsdp == 1:
+        return 1
+    from lora_jax.train import sharding
+
+    mesh = sharding.make_mesh(data, fsdp)
+    return int(mesh.shape[sharding.DATA] * mesh.shape[sharding.FSDP])
+
+
+def train_batches(
+    cfg: DictConfig, tok: Any, task: Any, train: list, rows_of: int = 1
+) -> TrainBatches:
+    """The training batches in the data seed's order: packed rows (``data.packing``, rows a
+    multiple of ``rows_of``), else padded rows bucketed by length."""
     tcfg = cfg.trainer
+    if packing(cfg):
+        if tcfg.get("sort_window", 0):
+            raise ConfigError("trainer.sort_window reorders examples to pad less; with "
+                              "data.packing there is no padding to save: drop one of them")  # fmt: skip
+        return PackedRowBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg),
+                                int(cfg.task.max_len), tok.pad_id, rows_of)  # fmt: skip
     buckets = (default_buckets(cfg.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg.task.max_len, tcfg.bucket_step))  # fmt: skip
     return TrainBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg), buckets,
@@ -121,13 +157,17 @@ def total_steps(tcfg: DictConfig, steps_per_epoch: int) -> int:
 
 
 def validation_batches(
-    cfg: DictConfig, task: Any, tok: Any, buckets: Any, held_out: list
+    cfg: DictConfig, task: Any, tok: Any, buckets: Any, held_out: list, rows_of: int = 1
 ) -> list[dict]:
-    """The validation examples (:func:`split_validation`) in padded batches, each exactly once."""
+    """The validation examples (:func:`split_validation`), each exactly once, in padded batches
+    or, with ``data.packing``, in packed rows."""
     if not held_out:
         return []
-    return _held_out_batches(encode(cfg, tok, task, held_out), cfg.trainer.batch_size, buckets,
-                             tok.pad_id)  # fmt: skip
+    encoded = encode(cfg, tok, task, held_out)
+    if packing(cfg):
+        return packed_batches(encoded, cfg.trainer.batch_size, int(cfg.task.max_len),
+                              tok.pad_id, rows_of)  # fmt: skip
+    return _held_out_batches(encoded, cfg.trainer.batch_size, buckets, tok.pad_id)
 
 
 def eval_items(cfg: DictConfig, task: Any) -> list:

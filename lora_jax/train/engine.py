@@ -44,6 +44,7 @@ from lora_jax.lora import init as lora_init
 from lora_jax.models import precision as precision_policy
 from lora_jax.models.pretrained import load_for_run
 from lora_jax.models.registry import lora_modules
+from lora_jax.tasks.batching import PackedRowBatches
 from lora_jax.train import data, record, sharding
 from lora_jax.train.adapters import (
     FullModel,
@@ -170,7 +171,8 @@ class Engine:
         train = data.train_examples(cfg, self.task)
         val, train, val_info = data.split_validation(cfg, self.task, train)
         n_train = len(train)
-        self.batches = data.train_batches(cfg, tok, self.task, train)
+        rows_of = data.row_multiple(cfg)
+        self.batches = data.train_batches(cfg, tok, self.task, train, rows_of)
         self.micro = data.total_steps(self.tcfg, self.batches.steps_per_epoch)
         self.accum = int(cfg.optim.grad_accum)
         self.updates = max(self.micro // self.accum, 1)
@@ -182,19 +184,24 @@ class Engine:
                                                 every_leaf=full)  # fmt: skip
             except Exception as e:
                 self.fail(j, e)
-        self.val_batches = data.validation_batches(cfg, self.task, tok, self.batches.buckets, val)
+        self.val_batches = data.validation_batches(cfg, self.task, tok, self.batches.buckets, val,
+                                                   rows_of)  # fmt: skip
         n_dec = int(self.tcfg.get("val_decode_items") or 0)  # decoded validation items
         self.val_items = self.task.eval_groups(val)[:n_dec] if n_dec else []
-        n_val = sum(int(b["attention_mask"].any(axis=1).sum()) for b in self.val_batches)
+        n_val = len(val) if self.val_batches else 0
         for j in self.jobs:
             j.metrics["validation"]["examples"] = n_val
             j.results["data"] = {"train": {"source": _origin(self.task, "train"), "examples": n_train},
                                  "validation": val_info,
                                  "eval": {"source": _origin(self.task, "eval"), "split": "eval",
                                           "items": len(self.items)}}  # fmt: skip
+        packed = isinstance(self.batches, PackedRowBatches)
+        layout = (f"packed rows of {self.batches.row_len} tokens (data.packing)" if packed
+                  else f"padded rows, buckets {self.batches.buckets}")  # fmt: skip
+        for j in self.jobs:
+            j.results["data"]["packing"] = packed
         console.print(f"{n_train} train examples, {self.batches.steps_per_epoch} steps/epoch, "
-                      f"{self.micro} steps, {len(self.items)} eval items, buckets "
-                      f"{self.batches.buckets}" + (f", {len(self.live())} adapters stacked"
+                      f"{self.micro} steps, {len(self.items)} eval items, " + layout + (f", {len(self.live())} adapters stacked"
                                                    if not self.strict else ""))  # fmt: skip
 
     def eval_only(self) -> None:
@@ -359,17 +366,20 @@ class Engine:
         place = jax.devices()[0] if self.mesh is None else sharding.batch_sharding(self.mesh)
         b = self.batches
         host_batches = (
-            (int(x["attention_mask"].sum()), x) for x in map(b.batch_at, range(start, end))
+            ((int(x["attention_mask"].sum()), x["input_ids"].size), x)
+            for x in map(b.batch_at, range(start, end))
         )
         device_batches = sharding.prefetch_to_device(host_batches, place, self.cfg.mesh.prefetch)
         pending: list[dict] = []
         window_tokens, window_t0, tps_all = 0, None, []
         # non-padding tokens of the batches trained on (those before a resume point included)
         tokens_seen = sum(int(b.lengths[b.indices_at(s)].sum()) for s in range(start))
+        positions_seen = sum(b.positions_at(s) for s in range(start))  # real + padding
         bar = progress_bar(tcfg.progress, end - start)
         done = start
-        for step, (n_tokens, batch) in zip(range(start, end), device_batches):
+        for step, ((n_tokens, n_pos), batch) in zip(range(start, end), device_batches):
             window_tokens, tokens_seen = window_tokens + n_tokens, tokens_seen + n_tokens
+            positions_seen += n_pos
             pending.append(ad.step(frozen, batch, step))
             done = step + 1
             if window_t0 is None:  # exclude the compile from throughput
@@ -403,7 +413,9 @@ class Engine:
         bar(None, "")
         tps = float(np.median(tps_all)) if tps_all else None
         for j in self.slots:
-            j.metrics["train"].update(steps=done, tokens_seen=tokens_seen, tokens_per_s=tps)
+            j.metrics["train"].update(steps=done, tokens_seen=tokens_seen, tokens_per_s=tps,
+                                      positions_seen=positions_seen,
+                                      real_token_fraction=tokens_seen / max(positions_seen, 1))  # fmt: skip
             j.results["sweep"].update(steps=done, tokens_seen=tokens_seen)
             if not self.strict:
                 j.results["run"].setdefault("pack", {})["tokens_per_s"] = (

@@ -6,7 +6,10 @@ their gradient, and the LoRA branch is computed unmerged inside the Dense layers
 never materialized). ``lora`` and ``opt_state`` are donated.
 
 Batches are right-padded (lora_jax/tasks/batching.py): the model gets per-row lengths
-(``seq_lengths``), so attention needs no mask (causal flag + key lengths).
+(``seq_lengths``), so attention needs no mask (causal flag + key lengths). With sequence
+packing (``data.packing``) a batch is rows of several examples each, with ``segment_ids`` and
+per-example ``positions``; the loss is the same sum over the same target tokens divided by their
+count, so the same examples give the same loss and gradients packed or not.
 With ``loss_chunk`` set, the model returns its final hidden states and the LM head runs inside
 the loss, ``loss_chunk`` target tokens at a time (:func:`lm_loss_chunked`), so ``[B, T, V]``
 fp32 logits never exist at once.
@@ -104,11 +107,16 @@ def _forward(
     hidden: bool = False,
 ) -> jax.Array:
     """Logits ``[B, T, V]`` fp32 (or the final hidden states ``[B, T, d]``) of a right-padded
-    batch."""
+    batch, or of packed rows (a batch with ``segment_ids`` and ``positions``:
+    lora_jax.tasks.batching.pack_examples)."""
+    if "segment_ids" in batch:
+        layout = {"segment_ids": batch["segment_ids"], "positions": batch["positions"]}
+    else:
+        layout = {"seq_lengths": jnp.sum(batch["attention_mask"], axis=1, dtype=jnp.int32)}
     out, _ = module.apply(
         variables,
         batch["input_ids"],
-        seq_lengths=jnp.sum(batch["attention_mask"], axis=1, dtype=jnp.int32),
+        **layout,
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
         **({"return_hidden": True} if hidden else {}),

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lora_jax.tasks.batching import TrainBatches
+from lora_jax.tasks.batching import TrainBatches, pack_examples
 
 
 def validation_batches(
@@ -28,6 +28,19 @@ def validation_batches(
     loss_mask 0): input_ids [B, T], attention_mask [B, T], loss_mask [B, T]."""
     batches = TrainBatches(encoded, batch_size, seed=0, buckets=buckets, pad_id=pad_id)
     return [batches.batch_at(i) for i in range(batches.steps_per_epoch)]
+
+
+def packed_batches(
+    encoded: Sequence[dict[str, Sequence[int]]],
+    batch_size: int,
+    row_len: int,
+    pad_id: int,
+    row_multiple: int = 1,
+) -> list[dict[str, Any]]:
+    """Each held-out example exactly once, ``batch_size`` examples at a time packed into rows
+    (lora_jax.tasks.batching.pack_examples); the loss sums are the padded batches' sums."""
+    return [pack_examples(encoded[i : i + batch_size], row_len, row_multiple=row_multiple,
+                          pad_id=pad_id) for i in range(0, len(encoded), batch_size)]  # fmt: skip
 
 
 def validation_loss(

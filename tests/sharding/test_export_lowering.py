@@ -99,14 +99,16 @@ def _spec(tree, shardings):
     return sharding.abstract(tree, shardings)
 
 
-def _batch(mesh):
+def _batch(mesh, rows: bool = False):
     shapes = {"input_ids": np.int32, "attention_mask": np.int32, "loss_mask": np.float32}
+    if rows:  # sequence packing (data.packing): segment ids and per-example positions
+        shapes |= {"segment_ids": np.int32, "positions": np.int32}
     batch = {k: jax.ShapeDtypeStruct((BATCH, SEQ), d) for k, d in shapes.items()}
     sharding.check_batch(BATCH, mesh)
     return _spec(batch, sharding.batch_sharding(mesh))
 
 
-def _solo(model, mesh, rule):
+def _solo(model, mesh, rule, rows: bool = False):
     """``shard_train_step`` of the solo step, and its arguments as sharded shapes."""
     module, frozen, trees = model
     lora = trees[0]
@@ -116,11 +118,11 @@ def _solo(model, mesh, rule):
     fn, sh = sharding.shard_train_step(step, mesh, lora, opt, frozen, rule)
     rep = NamedSharding(mesh, P())
     args = (_spec(lora, sh["lora"]), _spec(opt, sh["opt_state"]), _spec(frozen, sh["frozen"]),
-            _batch(mesh), _spec(jax.eval_shape(lambda: jax.random.PRNGKey(0)), rep))  # fmt: skip
+            _batch(mesh, rows), _spec(jax.eval_shape(lambda: jax.random.PRNGKey(0)), rep))  # fmt: skip
     return fn, args
 
 
-def _packed(model, mesh, rule):
+def _packed(model, mesh, rule, rows: bool = False):
     """The stacked step of K jobs jitted as StackedAdapters.place jits it (the batch over the
     mesh, the frozen base by frozen_shardings, LoRA and optimizer state by state_shardings, the
     rest replicated), and its arguments as sharded shapes."""
@@ -138,7 +140,7 @@ def _packed(model, mesh, rule):
     ins, outs = stacked_step_shardings(lora, opt, frozen, mesh, rule)  # what a run jits with
     fn = jax.jit(step, in_shardings=ins, out_shardings=outs, donate_argnums=(0, 1, 2))
     args = tuple(_spec(x, s) for x, s in zip((lora, opt, ok, mask, hp, keys, frozen), ins[:7]))
-    args += (_batch(mesh), jax.ShapeDtypeStruct((), jnp.int32, sharding=ins[8]))
+    args += (_batch(mesh, rows), jax.ShapeDtypeStruct((), jnp.int32, sharding=ins[8]))
     return fn, args
 
 
@@ -179,3 +181,18 @@ def test_train_step_lowers_for_accelerator(model, kind, mesh_name, platform):
     assert "__cudnn$fmha" not in text  # the XLA attention: see the module docstring
     # under the bf16 policy the step still returns float32 LoRA, optimizer state and metrics
     assert exported.out_avals and all(a.dtype != jnp.bfloat16 for a in exported.out_avals)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+@pytest.mark.parametrize("kind", list(STEPS))
+def test_packed_rows_step_lowers_for_accelerator(model, kind, platform):
+    """Sequence packing's batches (segment ids, per-example positions: the attention mask is
+    built inside the step) lower for the platform with rows split over the data axis."""
+    mesh, rule = _mesh("data")
+    fn, args = STEPS[kind](model, mesh, rule, rows=True)
+    exported = jax.export.export(fn, platforms=(platform,))(*args)
+    assert exported.platforms == (platform,) and exported.nr_devices == 8
+    main = next(line for line in exported.mlir_module().splitlines()
+                if "func.func public @main(" in line)  # fmt: skip
+    # input_ids, loss_mask, segment_ids, positions (attention_mask only counts tokens on host)
+    assert ARG_SHARDING.findall(main).count('[{"data", "fsdp"}, {}]') >= 4

@@ -176,3 +176,57 @@ def test_runs_without_the_validation_metric_are_listed_and_bad_names_refused(
     assert report.sections[0].cells[("q", 4)].n == len(SEEDS)  # not averaged in
     assert rep.main([str(lr_sweep), "--select-by", "loss", "--no-plots"]) == 2
     assert "val_loss or val_<metric>" in capsys.readouterr().err
+
+
+def test_select_seeds_picks_on_seed_0_and_keeps_every_seed_at_the_pick(tmp_path: Path) -> None:
+    """The study protocol: seed 0 runs the whole grid, seeds 1 and 2 run only at seed 0's pick.
+    By hand: seed 0's losses 2.30 / 2.21 / 2.25 -> 3e-4. Seeds 1, 2 at 3e-4 have bad losses
+    (2.40, 2.41): averaged over every seed (the default), 3e-4's mean 2.34 would lose to 1e-3's
+    2.25, so the pick would move; with --select-seeds 0 it stays, and the cell's test mean is
+    over all three seeds at 3e-4."""
+    runs = [(1e-4, 0, 2.30), (3e-4, 0, 2.21), (1e-3, 0, 2.25), (3e-4, 1, 2.40), (3e-4, 2, 2.41)]
+    for idx, (lr, seed, loss) in enumerate(runs):
+        _write(tmp_path, idx, "q,v", 4, lr, seed, {"loss": loss}, 0.6 + 0.01 * seed)
+    everyone = rep.aggregate(rep.collect_runs(tmp_path), "bleu", select_by="val_loss")
+    assert everyone.sections[0].cells[("q,v", 4)].lr.lr == 1e-3  # (2.21+2.40+2.41)/3 = 2.34
+    report = rep.aggregate(rep.collect_runs(tmp_path), "bleu", select_by="val_loss",
+                           select_seeds=[0])  # fmt: skip
+    cell = report.sections[0].cells[("q,v", 4)]
+    assert cell.lr.lr == 3e-4 and cell.n == 3
+    assert cell.lr.scores[3e-4] == (pytest.approx(2.21), 1)
+    assert cell.mean == pytest.approx(100 * np.mean([0.60, 0.61, 0.62]), rel=1e-12)
+    with pytest.raises(SystemExit) as e:  # --select-seeds needs --select-by
+        rep.main([str(tmp_path), "--select-seeds", "0", "--no-plots"])
+    assert e.value.code == 2
+
+
+def test_full_finetuning_runs_are_the_baseline_row(tmp_path: Path) -> None:
+    """method=full runs (no targets, no r) form the table's full fine-tuning row, with their own
+    lr picked on validation, in the Markdown, LaTeX and CSV outputs."""
+    idx = 0
+    for lr, loss in ((1e-4, 2.3), (3e-4, 2.2)):
+        for seed in (0, 1):
+            _write(tmp_path, idx, "q,v", 4, lr, seed, {"loss": loss + 0.01 * seed}, 0.6)
+            idx += 1
+    for lr, loss in ((1e-5, 2.0), (3e-5, 2.1)):  # the smaller lr wins for full fine-tuning
+        for seed in (0, 1):
+            d = _write(tmp_path, idx, "full", 4, lr, seed, {"loss": loss}, 0.65 + 0.01 * seed)
+            rec = json.loads((d / "results.json").read_text())
+            rec["config"]["method"] = "full"
+            rec["sweep"].update(method="full", r=None, alpha=None)
+            rec["params"]["trainable"] = 135_000_000
+            (d / "results.json").write_text(json.dumps(rec))
+            idx += 1
+    report = rep.aggregate(rep.collect_runs(tmp_path), "bleu", select_by="val_loss")
+    base = report.baseline
+    assert base is not None and base.n == 2 and base.lr.lr == 1e-5
+    assert base.mean == pytest.approx(100 * np.mean([0.65, 0.66]), rel=1e-12)
+    assert list(report.sections[0].cells) == [("q,v", 4)]  # not a cell of the grid
+    out = tmp_path / "out"
+    assert rep.main([str(tmp_path), "--select-by", "val_loss", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "**Full fine-tuning** (method=full, every weight trained): 65.5 ± 6.4 (n=2, 135" in md
+    assert "full fine-tuning & \\multicolumn{1}{c}{65.5" in (out / "report.tex").read_text()
+    with (out / "report.csv").open() as f:
+        rows = {r["targets"]: r for r in csv.DictReader(f)}
+    assert float(rows["full"]["lr"]) == 1e-5 and rows["full"]["r"] == ""

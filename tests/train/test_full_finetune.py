@@ -71,7 +71,9 @@ def test_every_weight_trains_and_equals_a_plain_optax_loop(full_run, tiny_e2e_gp
     assert changed == set(init), sorted(set(init) - changed)[:5]  # embeddings, MLP, norms too
 
     # the same batches, trained by a loop written here: optax.adamw on every leaf
-    cfg = compose(_ov(tiny_e2e_gpt2_dir))
+    # (padded rows: the same examples per step as the run's packed rows, data.packing)
+    cfg = compose([*_ov(tiny_e2e_gpt2_dir), "data.packing=false"])
+    assert rec["data"]["packing"] is True
     task = data.build_task(cfg.task, run_dir)
     train = data.train_examples(cfg, task)
     batches = data.train_batches(cfg, lm.tokenizer, task, train)

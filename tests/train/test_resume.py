@@ -34,7 +34,8 @@ N = 40
 
 def _overrides(model_dir, *extra):
     return tiny_overrides(
-        model_dir, "lora.dropout=0.1", "optim.grad_accum=2", "optim.warmup_steps=4",
+        model_dir, "lora.dropout=0.1", "data.packing=true", "optim.grad_accum=2",
+        "optim.warmup_steps=4",
         "optim.lr=1e-2", f"trainer.max_steps={N}", "trainer.log_every=1",
         "trainer.eval_before=false", "task.max_eval_items=1", "task.decode.max_new_tokens=2",
         *extra,
@@ -169,6 +170,7 @@ def test_sigkill_at_random_moments_then_resume(uninterrupted, tiny_e2e_gpt2_dir,
 
     res = run_in_process([*ov, "trainer.resume=true"], tmp_path)
     assert res["status"] == "ok" and res["metrics"]["train"]["steps"] == N
+    assert res["data"]["packing"] is True  # packed rows (data.packing): the data position too
     _assert_same(ref, load_final_lora(tmp_path, tiny_e2e_gpt2_dir, ov))
 
 
