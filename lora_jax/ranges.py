@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw",),
     "optim.schedule": ("linear", "cosine", "constant"),
     "method": ("lora", "full"),
+    "data.pack": ("rows", "step"),
 }
 # keys that take true, false or auto
 SWITCHES: dict[str, str] = {"data.packing": "auto = packed rows unless lora.dropout > 0"}
@@ -67,6 +68,7 @@ RULES: list[tuple[str, bool, Callable[[Any], bool], str]] = [
     ("lora.r", False, _ge1, ">= 1"),
     ("lora.alpha", True, _pos, "> 0, or null for alpha = r"),
     ("lora.dropout", False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("data.step_multiple", False, _ge1, ">= 1 (tokens)"),
     ("trainer.val_examples", False, _nonneg, ">= 0 (0: no validation)"),
     ("trainer.val_decode_items", False, _nonneg, ">= 0 (0: validation loss only)"),
     ("seed", False, _nonneg, ">= 0"),
@@ -79,7 +81,7 @@ _INTEGER = {"lora.r", "optim.grad_accum", "optim.warmup_steps", "trainer.batch_s
             "trainer.ckpt_keep", "trainer.stop_after", "task.max_len", "task.max_train_examples",
             "task.max_eval_items", "task.decode.num_beams", "task.decode.max_new_tokens",
             "task.decode.batch_size", "task.decode.no_repeat_ngram_size", "seed",
-            "trainer.val_examples", "trainer.val_decode_items"}  # fmt: skip
+            "trainer.val_examples", "trainer.val_decode_items", "data.step_multiple"}  # fmt: skip
 
 
 def value_problem(key: str, value: Any) -> str | None:

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=16, help="--e2e: steps of data per pass")
     p.add_argument("--packing", default="both", choices=("off", "on", "both"),
                    help="--e2e: padded rows, packed rows (data.packing), or both and the ratio")  # fmt: skip
+    p.add_argument("--row-len", type=int, help="--e2e: tokens per packed row (data.row_len)")
+    p.add_argument("--pack-step", type=int, metavar="MULTIPLE",
+                   help="--e2e: data.pack=step, the step in one row of a multiple of MULTIPLE")  # fmt: skip
     p.add_argument("--peft", action="store_true", help="also run HF PEFT eager and compiled")
     p.add_argument("--json", help="write the results to this file")
     a = p.parse_args(argv)
@@ -104,7 +107,8 @@ def _e2e_case(a: argparse.Namespace, case, cfg, dtype: str) -> dict:
     row: dict = {"case": case.name, "batch": case.batch, "seq": case.seq, "steps": a.steps}
     modes = {"off": [False], "on": [True], "both": [False, True]}[a.packing]
     for packed in modes:
-        data = lambda tok, p=packed: e2e_batches(tok, a.e2e, case.batch, case.seq, a.steps, p)
+        data = lambda tok, p=packed: e2e_batches(tok, a.e2e, case.batch, case.seq, a.steps, p,
+                                                 a.row_len, a.pack_step)  # fmt: skip
         r = run_case(case, cfg, dtype=dtype, param_dtype=dtype, remat=a.remat,
                      loss_chunk=a.loss_chunk, repeats=a.repeats, quant=a.quant, data=data)  # fmt: skip
         name = "packed" if packed else "padded"

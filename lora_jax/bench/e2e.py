@@ -16,7 +16,8 @@ from lora_jax.tasks.formatting import encode_example
 
 
 def e2e_batches(tok: Any, data_dir: str, batch: int, max_len: int, steps: int,
-                packing: bool) -> list[dict]:  # fmt: skip
+                packing: bool, row_len: int | None = None,
+                step_multiple: int | None = None) -> list[dict]:  # fmt: skip
     if not (Path(data_dir) / "devset.csv").is_file():
         raise MissingFile(f"--e2e {data_dir}: no devset.csv there; point it at the E2E data "
                           "folder (../shared/data/e2e here)")  # fmt: skip
@@ -24,7 +25,14 @@ def e2e_batches(tok: Any, data_dir: str, batch: int, max_len: int, steps: int,
                     eval_file="testset_w_refs.csv")  # fmt: skip
     enc = [encode_example(tok, ex, "plain", max_len, task) for ex in task.load("train")]
     if packing:
-        batches = PackedRowBatches(enc, batch, seed=0, row_len=max_len, pad_id=tok.pad_id)
+        batches = PackedRowBatches(
+            enc,
+            batch,
+            seed=0,
+            row_len=row_len or max_len,
+            pad_id=tok.pad_id,
+            step_multiple=step_multiple,
+        )
     else:
         batches = TrainBatches(enc, batch, seed=0, buckets=default_buckets(max_len),
                                pad_id=tok.pad_id)  # fmt: skip

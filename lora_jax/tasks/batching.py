@@ -190,6 +190,41 @@ def pack_examples(
         rows = need
     elif rows < len(groups):
         raise ValueError(f"{len(examples)} examples need {len(groups)} rows, more than {rows}")
+    return _fill(examples, lengths, groups, rows, row_len, pad_id)
+
+
+def balance(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Positions into ``lengths`` spread over ``rows`` rows, longest first, each to the row with
+    the fewest tokens so far (a row's examples keep their given order); deterministic."""
+    load = [0] * rows
+    groups: list[list[int]] = [[] for _ in range(rows)]
+    for i in sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i)):
+        r = min(range(rows), key=lambda r: (load[r], r))
+        groups[r].append(i)
+        load[r] += int(lengths[i])
+    return [sorted(g) for g in groups]
+
+
+def step_row_len(lengths: Sequence[int], rows: int, multiple: int) -> int:
+    """The row length of :func:`pack_step`: the fullest row's tokens rounded up to ``multiple``."""
+    load = [sum(int(lengths[i]) for i in g) for g in balance(lengths, rows)]
+    return max(-(-max(load) // multiple) * multiple, multiple)
+
+
+def pack_step(
+    examples: Sequence[dict[str, Sequence[int]]], rows: int = 1, multiple: int = 64,
+    pad_id: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Pack a step's examples into exactly ``rows`` rows (one per data-parallel device), balanced
+    by tokens (:func:`balance`), each as long as the fullest row rounded up to ``multiple``: the
+    padding is under ``multiple`` tokens per row, and the step's shape is its token count rounded
+    (``data.pack=step``). Same layout and loss rules as :func:`pack_examples`."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    groups = balance(lengths, rows)
+    return _fill(examples, lengths, groups, rows, step_row_len(lengths, rows, multiple), pad_id)
+
+
+def _fill(examples, lengths, groups, rows: int, row_len: int, pad_id: int) -> dict[str, np.ndarray]:
     ids = np.full((rows, row_len), pad_id, np.int32)
     seg = np.zeros((rows, row_len), np.int32)
     pos = np.zeros((rows, row_len), np.int32)
@@ -218,22 +253,30 @@ class PackedRowBatches(TrainBatches):
     ones a run's steps need: E2E on SmolLM2 at batch 8 and 128 tokens, 4-6 rows)."""
 
     def __init__(self, encoded, batch_size, seed, row_len: int, pad_id: int = 0,
-                 row_multiple: int = 1) -> None:  # fmt: skip
+                 row_multiple: int = 1, step_multiple: int | None = None) -> None:  # fmt: skip
         super().__init__(encoded, batch_size, seed, buckets=[row_len], pad_id=pad_id)
         if row_multiple < 1:
             raise ConfigError(f"row_multiple must be >= 1, got {row_multiple}")
+        if step_multiple is not None and step_multiple < 1:
+            raise ConfigError(f"data.step_multiple must be >= 1, got {step_multiple}")
         self.row_len = row_len
         self.row_multiple = row_multiple
+        self.step_multiple = step_multiple  # set: data.pack=step (pack_step)
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
-        """input_ids, segment_ids, positions, attention_mask [R, row_len] int32, loss_mask
-        [R, row_len] float32."""
-        idx = self.indices_at(step)
-        return pack_examples([self.encoded[j] for j in idx], self.row_len,
-                             row_multiple=self.row_multiple, pad_id=self.pad_id)  # fmt: skip
+        """input_ids, segment_ids, positions, attention_mask [R, L] int32, loss_mask [R, L]
+        float32."""
+        examples = [self.encoded[j] for j in self.indices_at(step)]
+        if self.step_multiple is not None:
+            return pack_step(examples, self.row_multiple, self.step_multiple, self.pad_id)
+        return pack_examples(examples, self.row_len, row_multiple=self.row_multiple,
+                             pad_id=self.pad_id)  # fmt: skip
 
     def positions_at(self, step: int) -> int:
-        rows = len(first_fit(self.lengths[self.indices_at(step)], self.row_len))
+        lengths = self.lengths[self.indices_at(step)]
+        if self.step_multiple is not None:
+            return self.row_multiple * step_row_len(lengths, self.row_multiple, self.step_multiple)
+        rows = len(first_fit(lengths, self.row_len))
         return -(-rows // self.row_multiple) * self.row_multiple * self.row_len
 
     def row_counts(self) -> list[int]:

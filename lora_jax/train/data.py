@@ -117,6 +117,24 @@ def packing(cfg: DictConfig) -> bool:
     return bool(value)
 
 
+def row_len(cfg: DictConfig) -> int:
+    """Tokens per packed row: ``data.row_len``, else ``task.max_len`` (at least max_len: every
+    example must fit a row)."""
+    n = cfg.get("data", {}).get("row_len")
+    if n is None:
+        return int(cfg.task.max_len)
+    if int(n) < int(cfg.task.max_len):
+        raise ConfigError(f"data.row_len={n} is shorter than task.max_len={cfg.task.max_len}: "
+                          "an example may not fit a row; use row_len >= max_len (or null)")  # fmt: skip
+    return int(n)
+
+
+def step_multiple(cfg: DictConfig) -> int | None:
+    """``data.pack=step``: the row-length multiple; ``rows`` (default): None."""
+    d = cfg.get("data", {})
+    return int(d.get("step_multiple", 64)) if d.get("pack", "rows") == "step" else None
+
+
 def row_multiple(cfg: DictConfig) -> int:
     """Packed rows per step are a multiple of the devices the batch is split over (the mesh's
     data x fsdp, -1 resolved against the devices)."""
@@ -140,7 +158,7 @@ def train_batches(
             raise ConfigError("trainer.sort_window reorders examples to pad less; with "
                               "data.packing there is no padding to save: drop one of them")  # fmt: skip
         return PackedRowBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg),
-                                int(cfg.task.max_len), tok.pad_id, rows_of)  # fmt: skip
+                                row_len(cfg), tok.pad_id, rows_of, step_multiple(cfg))  # fmt: skip
     buckets = (default_buckets(cfg.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg.task.max_len, tcfg.bucket_step))  # fmt: skip
     return TrainBatches(encode(cfg, tok, task, train), tcfg.batch_size, data_seed(cfg), buckets,
@@ -165,7 +183,7 @@ def validation_batches(
         return []
     encoded = encode(cfg, tok, task, held_out)
     if packing(cfg):
-        return packed_batches(encoded, cfg.trainer.batch_size, int(cfg.task.max_len),
+        return packed_batches(encoded, cfg.trainer.batch_size, row_len(cfg),
                               tok.pad_id, rows_of)  # fmt: skip
     return _held_out_batches(encoded, cfg.trainer.batch_size, buckets, tok.pad_id)
 

@@ -196,8 +196,13 @@ class Engine:
                                  "eval": {"source": _origin(self.task, "eval"), "split": "eval",
                                           "items": len(self.items)}}  # fmt: skip
         packed = isinstance(self.batches, PackedRowBatches)
-        layout = (f"packed rows of {self.batches.row_len} tokens (data.packing)" if packed
-                  else f"padded rows, buckets {self.batches.buckets}")  # fmt: skip
+        if packed and self.batches.step_multiple is not None:
+            layout = (f"each step packed in {self.batches.row_multiple} row(s), a multiple of "
+                      f"{self.batches.step_multiple} tokens (data.pack=step)")  # fmt: skip
+        elif packed:
+            layout = f"packed rows of {self.batches.row_len} tokens (data.packing)"
+        else:
+            layout = f"padded rows, buckets {self.batches.buckets}"
         for j in self.jobs:
             j.results["data"]["packing"] = packed
         console.print(f"{n_train} train examples, {self.batches.steps_per_epoch} steps/epoch, "

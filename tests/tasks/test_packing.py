@@ -16,7 +16,8 @@ import pytest
 import lora_jax.lora as L
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model
-from lora_jax.tasks.batching import PackedRowBatches, TrainBatches, first_fit, pack_examples
+from lora_jax.tasks.batching import (PackedRowBatches, TrainBatches, balance, first_fit,
+                                     pack_examples, pack_step)
 from lora_jax.train.step import make_loss, make_train_step
 
 LLAMA = ModelConfig(
@@ -92,11 +93,35 @@ def test_first_fit_and_layout():
         pack_examples(_examples(97, [33]), ROW)
 
 
-@pytest.mark.parametrize("cfg", [GPT2, LLAMA], ids=["gpt2", "llama"])
-def test_packed_loss_and_grads_equal_padded(cfg):
+def test_pack_step_layout():
+    """data.pack=step: the step's examples in exactly ``rows`` rows balanced by tokens, each row
+    the fullest row's tokens rounded up to the multiple."""
+    assert balance([5, 32, 17, 2], 2) == [[1], [0, 2, 3]]  # 32 | 17+5+2 = 24, longest first
+    assert balance([3, 3, 3], 1) == [[0, 1, 2]]
+    ex = _examples(97, LENGTHS)  # 113 tokens
+    one = pack_step(ex, rows=1, multiple=16)
+    assert one["input_ids"].shape == (1, 128)  # 113 rounded up to 16
+    assert one["attention_mask"].sum() == sum(LENGTHS)
+    assert one["segment_ids"].max() == len(LENGTHS)
+    # examples keep their order within the row, positions restart per example
+    np.testing.assert_array_equal(one["positions"][0, :7], [0, 1, 2, 3, 4, 0, 1])
+    np.testing.assert_array_equal(one["input_ids"][0, :5], ex[0]["input_ids"])
+    two = pack_step(ex, rows=2, multiple=16)
+    assert two["input_ids"].shape == (2, 64)  # 57 | 56 tokens, 64 each
+    batches = PackedRowBatches(ex * 4, 8, seed=1, row_len=ROW, row_multiple=2, step_multiple=16)
+    for step in range(4):
+        b = batches.batch_at(step)
+        assert b["input_ids"].shape[0] == 2 and b["input_ids"].size == batches.positions_at(step)
+        assert b["input_ids"].shape[1] % 16 == 0
+
+
+@pytest.mark.parametrize("cfg,pack", [(GPT2, "rows"), (LLAMA, "rows"), (LLAMA, "step")],
+                         ids=["gpt2", "llama", "llama-step"])  # fmt: skip
+def test_packed_loss_and_grads_equal_padded(cfg, pack):
     module, params, lora = _setup(cfg)
     ex = _examples(cfg.vocab_size, LENGTHS)
-    packed, padded = pack_examples(ex, ROW), _padded(ex)
+    packed = pack_examples(ex, ROW) if pack == "rows" else pack_step(ex, rows=1, multiple=16)
+    padded = _padded(ex)
     assert packed["input_ids"].shape[0] < len(ex)  # it did pack
     loss_fn = make_loss(module)
 
