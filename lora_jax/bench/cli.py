@@ -110,7 +110,8 @@ def _e2e_case(a: argparse.Namespace, case, cfg, dtype: str) -> dict:
         data = lambda tok, p=packed: e2e_batches(tok, a.e2e, case.batch, case.seq, a.steps, p,
                                                  a.row_len, a.pack_step)  # fmt: skip
         r = run_case(case, cfg, dtype=dtype, param_dtype=dtype, remat=a.remat,
-                     loss_chunk=a.loss_chunk, repeats=a.repeats, quant=a.quant, data=data)  # fmt: skip
+                     loss_chunk=a.loss_chunk, repeats=a.repeats, quant=a.quant, data=data,
+                     packed_block=case.seq if packed and a.pack_step else None)  # fmt: skip
         name = "packed" if packed else "padded"
         row[name] = dataclasses.asdict(r)
         print(f"{case.name:20s} b{case.batch} max_len {case.seq} {name}: {r.tokens_per_s:8.0f} "

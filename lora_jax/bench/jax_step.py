@@ -116,14 +116,18 @@ def run_case(
     peak: float | None = None,
     quant: str = "none",
     data: Any = None,
+    packed_block: int | None = None,
 ) -> Result:
     """Build, compile, warm up and time ``repeats`` steps of ``case``; median step time.
     ``quant`` (nf4 | int8): the adapted model's frozen kernels stored quantized (QLoRA).
     ``data(tokenizer) -> [batch, ...]`` (real batches, lora_jax.bench.e2e): instead of one
     random full batch, every shape the batches have is compiled, then all of them are timed
     ``repeats`` times over; tokens/s counts real (non-padding) tokens, ``real_fraction`` the
-    share of real tokens among the positions computed."""
+    share of real tokens among the positions computed. ``packed_block``: the model's
+    ``packed_block`` (data.pack=step rows attended in blocks of the longest example)."""
     module, params, mcfg, tok = _model(case, cfg, dtype, param_dtype, remat)
+    if packed_block is not None:
+        module = module.clone(cfg=module.cfg.replace(packed_block=packed_block))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)  # for FLOPs
     if quant != "none":
         if case.full:

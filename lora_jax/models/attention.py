@@ -18,7 +18,11 @@ that lengths cannot express (see :func:`prepare_call`):
 - packed rows (``segment_ids``, sequence packing: several examples per row, lora_jax.tasks.
   batching.pack_examples): a ``[B, 1, T, T]`` bool mask, causal within a segment only (key
   segment = query segment), built once per call; positions restart per example (given by the
-  batch, else derived from the segments). Padding (segment 0) attends only to padding.
+  batch, else derived from the segments). Padding (segment 0) attends only to padding. With
+  ``cfg.packed_block`` = C (``data.pack=step``: a whole step in a row, far longer than any
+  example) and T > 2C, the row is cut into blocks of C queries, each attending to the keys of
+  its block and the previous one (a ``[B·n, 1, C, 2C]`` mask): exact while no segment is longer
+  than C (a query's segment then starts at most C-1 tokens back); O(T·2C) instead of O(T²).
 
 The cache is a plain pytree whose leaves all have batch on axis 0 (beam search reorders it with
 ``x[beam_idx]``)::
@@ -161,13 +165,53 @@ def _packed_call(
     b, t = input_ids.shape
     if positions is None:
         positions = segment_positions(segment_ids)
-    q_idx = jnp.arange(t, dtype=jnp.int32)[:, None]
-    k_idx = jnp.arange(t, dtype=jnp.int32)[None, :]
-    allowed = (k_idx <= q_idx)[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    if cfg.sliding_window is not None:  # segments are contiguous: row offsets = positions
-        allowed = allowed & (q_idx - k_idx < cfg.sliding_window)[None]
-    spec = AttnSpec(kv_lengths=jnp.full((b,), t, jnp.int32), start=None, mask=allowed[:, None])
+    block = getattr(cfg, "packed_block", None)
+    if block is not None and t > 2 * block:
+        allowed = _block_mask(segment_ids, block, cfg.sliding_window)
+    else:
+        q_idx = jnp.arange(t, dtype=jnp.int32)[:, None]
+        k_idx = jnp.arange(t, dtype=jnp.int32)[None, :]
+        allowed = (k_idx <= q_idx)[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
+        if cfg.sliding_window is not None:  # segments are contiguous: row offsets = positions
+            allowed = allowed & (q_idx - k_idx < cfg.sliding_window)[None]
+        allowed = allowed[:, None]
+    spec = AttnSpec(kv_lengths=jnp.full((b,), t, jnp.int32), start=None, mask=allowed)
     return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, None
+
+
+def _block_mask(segment_ids: jax.Array, c: int, window: int | None) -> jax.Array:
+    """``[B·n, 1, C, 2C]`` bool: query ``i·C + a`` may see key ``(i-1)·C + k`` (block i's keys
+    are block i-1's then its own; n = ⌈T/C⌉, the row padded with segment -1)."""
+    b, t = segment_ids.shape
+    n = -(-t // c)
+    seg = jnp.pad(segment_ids, ((0, 0), (c, n * c - t)), constant_values=-1)  # [B, (n+1)C]
+    q_seg = seg[:, c:].reshape(b, n, c)
+    k_seg = jnp.concatenate([seg[:, :-c].reshape(b, n, c), q_seg], axis=2)  # [B, n, 2C]
+    a = jnp.arange(c, dtype=jnp.int32)[:, None]
+    k = jnp.arange(2 * c, dtype=jnp.int32)[None, :]
+    near = k - c <= a  # key position <= query position
+    if window is not None:
+        near = near & (a + c - k < window)
+    allowed = near[None, None] & (q_seg[..., :, None] == k_seg[..., None, :])
+    return allowed.reshape(b * n, 1, c, 2 * c)
+
+
+def _attend_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of packed rows cut into blocks (``mask`` from :func:`_block_mask`): q [B, T, H,
+    hd], k/v [B, T, KV, hd] -> [B, T, H, hd]."""
+    b, t, h, hd = q.shape
+    c = mask.shape[-2]
+    n = -(-t // c)
+
+    def windows(x):  # [B, T, ., hd] -> [B·n, 2C, ., hd]: block i-1 then block i
+        x = jnp.pad(x, ((0, 0), (c, n * c - t), (0, 0), (0, 0)))
+        prev = x[:, :-c].reshape(b, n, c, *x.shape[2:])
+        cur = x[:, c:].reshape(b, n, c, *x.shape[2:])
+        return jnp.concatenate([prev, cur], axis=2).reshape(b * n, 2 * c, *x.shape[2:])
+
+    qb = jnp.pad(q, ((0, 0), (0, n * c - t), (0, 0), (0, 0))).reshape(b * n, c, h, hd)
+    out = jax.nn.dot_product_attention(qb, windows(k), windows(v), mask=mask)
+    return out.reshape(b, n * c, h, hd)[:, :t]
 
 
 def write_and_read(
@@ -203,6 +247,8 @@ def attend(
     k = k.astype(q.dtype)
     v = v.astype(q.dtype)
     if spec.mask is not None:  # into a cache, or packed rows: see the module docstring
+        if spec.start is None and spec.mask.shape[0] != q.shape[0]:  # packed rows in blocks
+            return _attend_blocks(q, k, v, spec.mask)
         return jax.nn.dot_product_attention(q, k, v, mask=spec.mask)
     # a row with no real token (filler rows) still attends to one key: finite outputs
     kv_len = jnp.maximum(spec.kv_lengths, 1).astype(jnp.int32)

@@ -33,6 +33,11 @@ class ModelConfig:
     mlp_bias: bool = False
     activation: str = "silu"  # GPT-2: "gelu_new"
     sliding_window: int | None = None
+    # packed rows longer than 2 blocks (data.pack=step): each block of this many query tokens
+    # attends to keys of its own block and the one before only, O(T * 2 * block) instead of
+    # O(T^2); exact when no segment (example) is longer than the block (task.max_len). None =
+    # the whole row (lora_jax.models.attention).
+    packed_block: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None

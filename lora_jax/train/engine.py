@@ -157,6 +157,10 @@ class Engine:
         evaluation reads the same stacked arrays. LoRA trees keep the per-layer layout
         (checkpoints, export); the step stacks them inside jit."""
         self.module, self.prefix = layer_layout(self.tcfg, self.lm)
+        if data.packing(self.cfg) and data.step_multiple(self.cfg) is not None:
+            # data.pack=step: rows of a whole step attend in blocks of the longest example
+            block = int(self.cfg.task.max_len)
+            self.module = self.module.clone(cfg=self.module.cfg.replace(packed_block=block))
 
     # ------------------------------------------------------------------ 2. the task
     def load_task(self) -> None:
@@ -205,6 +209,8 @@ class Engine:
             layout = f"padded rows, buckets {self.batches.buckets}"
         for j in self.jobs:
             j.results["data"]["packing"] = packed
+            if packed:
+                j.results["data"]["pack"] = "rows" if self.batches.step_multiple is None else "step"
         console.print(f"{n_train} train examples, {self.batches.steps_per_epoch} steps/epoch, "
                       f"{self.micro} steps, {len(self.items)} eval items, " + layout + (f", {len(self.live())} adapters stacked"
                                                    if not self.strict else ""))  # fmt: skip

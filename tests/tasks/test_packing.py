@@ -115,9 +115,17 @@ def test_pack_step_layout():
         assert b["input_ids"].shape[1] % 16 == 0
 
 
-@pytest.mark.parametrize("cfg,pack", [(GPT2, "rows"), (LLAMA, "rows"), (LLAMA, "step")],
-                         ids=["gpt2", "llama", "llama-step"])  # fmt: skip
+STEP_CASES = [(GPT2, "rows"), (LLAMA, "rows"), (GPT2, "step"), (LLAMA, "step"),
+              (LLAMA.replace(sliding_window=6), "step")]  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg,pack", STEP_CASES,
+                         ids=["gpt2", "llama", "gpt2-step", "llama-step", "llama-window-step"])  # fmt: skip
 def test_packed_loss_and_grads_equal_padded(cfg, pack):
+    """data.pack=step: one 128-token row (113 real) attended in blocks of 32 (the longest
+    example: cfg.packed_block), each block's queries over its and the previous block's keys."""
+    if pack == "step":
+        cfg = cfg.replace(packed_block=ROW)
     module, params, lora = _setup(cfg)
     ex = _examples(cfg.vocab_size, LENGTHS)
     packed = pack_examples(ex, ROW) if pack == "rows" else pack_step(ex, rows=1, multiple=16)
