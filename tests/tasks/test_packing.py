@@ -16,8 +16,14 @@ import pytest
 import lora_jax.lora as L
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model
-from lora_jax.tasks.batching import (PackedRowBatches, TrainBatches, balance, first_fit,
-                                     pack_examples, pack_step)
+from lora_jax.tasks.batching import (
+    PackedRowBatches,
+    TrainBatches,
+    balance,
+    first_fit,
+    pack_examples,
+    pack_step,
+)
 from lora_jax.train.step import make_loss, make_train_step
 
 LLAMA = ModelConfig(
