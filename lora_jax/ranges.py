@@ -42,6 +42,7 @@ def _ge1(v: Any) -> bool:
 # (dotted key, may be null, predicate, the allowed range in words)
 RULES: list[tuple[str, bool, Callable[[Any], bool], str]] = [
     ("optim.lr", False, _pos, "> 0"),
+    ("optim.loraplus_lr_ratio", True, _pos, "> 0 (LoRA+: B's lr / A's), or null for plain LoRA"),
     ("optim.warmup_steps", False, _nonneg, ">= 0"),
     ("optim.label_smoothing", False, lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.grad_accum", False, _ge1, ">= 1"),

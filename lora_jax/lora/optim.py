@@ -4,6 +4,13 @@ Only the LoRA tree is ever differentiated (the frozen base is a closed-over inpu
 loss), so the label tree covers the LoRA tree: A and B are "trainable"; ``scale`` is "frozen".
 ``optax.multi_transform`` gives frozen leaves ``set_to_zero`` (no state, zero update) and the
 inner optimizer sees them as ``MaskedNode``s, so it allocates no moments for them.
+
+LoRA+ (Hayou et al., 2024; PEFT's ``create_loraplus_optimizer(loraplus_lr_ratio=...)``): B's
+learning rate is ``ratio`` × A's. PEFT builds two AdamW parameter groups; AdamW's update is
+linear in its learning rate (the decoupled weight decay too, ``lr·wd·p``), so this is A's update
+rule with B's update multiplied by ``ratio`` (:func:`scale_b_updates`), which keeps one
+optimizer state of the same structure with or without LoRA+. As in PEFT, 1-D trainable leaves
+(a DoRA magnitude) count with B.
 """
 
 from __future__ import annotations
@@ -28,10 +35,34 @@ def trainable_labels(lora: Mapping[str, Any]) -> Any:
     return jax.tree_util.tree_map_with_path(label, lora)
 
 
-def make_optimizer(
-    tx: optax.GradientTransformation, lora: Mapping[str, Any]
+def _is_b(path: tuple, leaf: Any) -> bool:
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) == "b" or jax.numpy.ndim(leaf) == 1
+
+
+def scale_b_updates(
+    tx: optax.GradientTransformation, ratio: Any
 ) -> optax.GradientTransformation:
-    """``tx`` on the trainable leaves, nothing (no state, zero update) on the frozen ones."""
+    """``tx`` with the updates of B leaves (and 1-D trainable leaves) times ``ratio`` (LoRA+);
+    the same state as ``tx``. ``ratio`` may be a traced value (a pack's per-job ratio)."""
+
+    def update(updates, state, params=None):
+        updates, state = tx.update(updates, state, params)
+        updates = jax.tree_util.tree_map_with_path(
+            lambda p, u: u * jax.numpy.asarray(ratio, u.dtype) if _is_b(p, u) else u, updates
+        )
+        return updates, state
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+def make_optimizer(
+    tx: optax.GradientTransformation, lora: Mapping[str, Any], b_lr_ratio: Any = None
+) -> optax.GradientTransformation:
+    """``tx`` on the trainable leaves, nothing (no state, zero update) on the frozen ones;
+    ``b_lr_ratio`` (LoRA+, ``optim.loraplus_lr_ratio``): B's learning rate is that × A's."""
+    if b_lr_ratio is not None:
+        tx = scale_b_updates(tx, b_lr_ratio)
     return optax.multi_transform(
         {TRAINABLE: tx, FROZEN: optax.set_to_zero()}, trainable_labels(lora)
     )

@@ -97,6 +97,9 @@ class OptimCfg:
     grad_clip: float | None = None  # global-norm clipping; null = none
     grad_accum: int = 1
     label_smoothing: float = 0.0
+    # LoRA+ (PEFT's create_loraplus_optimizer): B's learning rate = this x optim.lr (the paper
+    # and PEFT's docs suggest 16); null = plain LoRA
+    loraplus_lr_ratio: float | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 
 import optax
 
+from lora_jax.errors import ConfigError
 from lora_jax.lora import make_optimizer
 from lora_jax.ranges import CHOICES, check_value
 
@@ -51,7 +52,12 @@ def build_optimizer(
             lr, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"], weight_decay=cfg["weight_decay"]
         )
     )
-    tx = optax.chain(*parts) if every_leaf else make_optimizer(optax.chain(*parts), lora)
+    ratio = cfg.get("loraplus_lr_ratio")
+    if ratio is not None and every_leaf:
+        raise ConfigError("optim.loraplus_lr_ratio (LoRA+) scales LoRA's B learning rate; "
+                          "method=full has no B: set it to null")  # fmt: skip
+    tx = (optax.chain(*parts) if every_leaf
+          else make_optimizer(optax.chain(*parts), lora, b_lr_ratio=ratio))  # fmt: skip
     if cfg["grad_accum"] > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg["grad_accum"])
     return tx, lr

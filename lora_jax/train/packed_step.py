@@ -48,6 +48,9 @@ def job_hyperparams(
     hp = {k: np.asarray([float(c.get(k) or 0.0) for c in optim_cfgs], np.float32) for k in HP_KEYS}
     hp["grad_clip"] = np.asarray([float(c["grad_clip"]) if c.get("grad_clip") else np.inf
                                   for c in optim_cfgs], np.float32)  # fmt: skip
+    hp["loraplus_lr_ratio"] = np.asarray(  # LoRA+; 1 = plain LoRA (times 1.0 is exact)
+        [float(c.get("loraplus_lr_ratio") or 1.0) for c in optim_cfgs], np.float32
+    )
     return {k: jnp.asarray(v) for k, v in hp.items()} | {"lr": jnp.asarray(lr)}
 
 
@@ -62,7 +65,7 @@ def job_optimizer(
         optax.clip_by_global_norm(hp["grad_clip"]),
         optax.adamw(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"], weight_decay=hp["weight_decay"]),
     )
-    tx = make_optimizer(tx, lora_like)
+    tx = make_optimizer(tx, lora_like, b_lr_ratio=hp.get("loraplus_lr_ratio"))
     if grad_accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=grad_accum)
     return tx
