@@ -40,9 +40,7 @@ def _is_b(path: tuple, leaf: Any) -> bool:
     return getattr(last, "key", getattr(last, "name", None)) == "b" or jax.numpy.ndim(leaf) == 1
 
 
-def scale_b_updates(
-    tx: optax.GradientTransformation, ratio: Any
-) -> optax.GradientTransformation:
+def scale_b_updates(tx: optax.GradientTransformation, ratio: Any) -> optax.GradientTransformation:
     """``tx`` with the updates of B leaves (and 1-D trainable leaves) times ``ratio`` (LoRA+);
     the same state as ``tx``. ``ratio`` may be a traced value (a pack's per-job ratio)."""
 
