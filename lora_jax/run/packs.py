@@ -25,7 +25,7 @@ PER_JOB_TOP = ("seed", "name", "output_dir", "logger")
 PER_JOB_LORA = ("r", "alpha", "targets", "exclude_modules", "layers", "scaling", "init", "rank_pattern",
                 "alpha_pattern")  # fmt: skip
 PER_JOB_OPTIM = ("lr", "b1", "b2", "eps", "weight_decay", "schedule", "warmup_steps", "grad_clip",
-                 "label_smoothing")  # fmt: skip
+                 "label_smoothing", "loraplus_lr_ratio")  # fmt: skip
 
 
 def pack_key(cfg: DictConfig) -> str:
