@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from lora_jax.errors import ConfigError, DataError, MissingFile
@@ -197,44 +197,23 @@ class Tokenizer:
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """From GGUF metadata already read (``gguf_file.read_metadata``)."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise NotImplementedError(
-                f"GGUF tokenizer type {kind!r} is not supported (only byte-level BPE 'gpt2', used "
-                "by Llama 3, SmolLM, Qwen2, GPT-2); load the model's HF folder for its tokenizer.json"
-            )
         tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
         types = list(meta.get("tokenizer.ggml.token_type") or [])
-        spelling = bytes_to_unicode()
-        alphabet = set(spelling.values())
-        vocab = {
-            t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
-            for i, t in enumerate(tokens)
-        }
-        merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges") or []]
-        backend = Backend(
-            models.BPE(
-                vocab=vocab,
-                merges=merges,
-                continuing_subword_prefix="",
-                end_of_word_suffix="",
-                fuse_unk=False,
-            )
-        )
-        split = GGUF_PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
-        if split is None:
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if kind == "gpt2":
+            backend, vocab, alphabet = _byte_level_backend(meta, tokens)
+        elif kind == "llama":
+            backend, vocab = _sentencepiece_backend(meta, tokens)
+            alphabet = None
         else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-                ]
+            raise NotImplementedError(
+                f"GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2': Llama 3, "
+                "SmolLM, Qwen2, GPT-2; sentencepiece 'llama': Llama 2, Gemma, Phi-3); load the "
+                "model's HF folder for its tokenizer.json"
             )
-        backend.decoder = decoders.ByteLevel()
         control = [
             AddedToken(t, normalized=False, special=True)
             for t, ty in zip(tokens, types)
-            if ty == _CONTROL and set(t) <= alphabet
+            if ty == _CONTROL and (alphabet is None or set(t) <= alphabet)
         ]
         backend.add_special_tokens(control)
         user = [
@@ -252,8 +231,11 @@ class Tokenizer:
         bos, eos, pad = ident("bos_token_id"), ident("eos_token_id"), ident("padding_token_id")
         if eos is None:
             raise DataError("GGUF metadata lacks tokenizer.ggml.eos_token_id")
+        add_bos = meta.get("tokenizer.ggml.add_bos_token")
+        if add_bos is None and kind == "llama":  # transformers: sentencepiece files default to BOS
+            add_bos = True
         template = []
-        if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
+        if add_bos and bos is not None:
             template.append((tokens[bos], bos))
         single = " ".join([t for t, _ in template] + ["$A"])
         if meta.get("tokenizer.ggml.add_eos_token"):
@@ -275,8 +257,104 @@ class Tokenizer:
             pad_id=pad,
             chat_template=meta.get("tokenizer.chat_template"),
             special_tokens=names,
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token")),
+            add_bos=bool(add_bos),
         )
+
+
+def _byte_level_backend(
+    meta: dict[str, Any], tokens: list[str]
+) -> tuple[Backend, dict[str, int], set[str]]:
+    """Byte-level BPE (``tokenizer.ggml.model = gpt2``): (backend, vocab, byte alphabet)."""
+    spelling = bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab = {
+        t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+        for i, t in enumerate(tokens)
+    }
+    merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges") or []]
+    backend = Backend(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
+    )
+    split = GGUF_PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+    if split is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    backend.decoder = decoders.ByteLevel()
+    return backend, vocab, alphabet
+
+
+_GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
+
+
+def _sentencepiece_backend(meta: dict[str, Any], tokens: list[str]) -> tuple[Backend, dict]:
+    """Sentencepiece BPE with byte fallback (``tokenizer.ggml.model = llama``), built as
+    transformers builds it from a GGUF (``gguf_tokenizer_mapping.py``): the file's merges, or
+    merges recovered from the vocabulary (``generate_merges``) ranked by the token scores, for
+    Gemma by the tokens' order (its scores do not follow its merge order) after respelling
+    whitespace-only tokens with "▁"; then ``GemmaTokenizer``'s pipeline (spaces -> "▁", no
+    prefix space) for Gemma, ``LlamaTokenizer``'s (Metaspace, a prefix space on the first
+    word) else, Phi-3's (a normalizer adds the prefix space) for phi3. -> (backend, vocab)."""
+    arch = meta.get("general.architecture")
+    scores = None
+    if arch in _GEMMA_ARCHS:
+        tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+        scores = {t: -i for i, t in enumerate(tokens)}
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if meta.get("tokenizer.ggml.merges"):
+        merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+    else:
+        if scores is None:
+            scores = dict(zip(tokens, meta["tokenizer.ggml.scores"]))
+        merges = generate_merges(vocab, scores)
+    unk = "<unk>" if arch in _GEMMA_ARCHS else None  # GemmaTokenizer sets one, Llama's not
+    backend = Backend(
+        models.BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token=unk, byte_fallback=True)
+    )
+    pieces = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if arch in _GEMMA_ARCHS:
+        backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        backend.normalizer = normalizers.Replace(" ", "\u2581")
+    elif arch == "phi3":
+        backend.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+        )
+        pieces.append(decoders.Strip(content=" ", left=1))
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="\u2581", prepend_scheme="first", split=False
+        )
+        pieces.append(decoders.Strip(content=" ", left=1))
+    backend.decoder = decoders.Sequence(pieces)
+    return backend, vocab
+
+
+def generate_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a vocabulary: every split of every token into two tokens, ranked
+    by the token's score (best first), then by the pieces' lengths; ties in vocabulary order
+    (transformers' ``tokenization_utils_base.generate_merges`` with ``vocab_scores``)."""
+    merges = []
+    for token, score in scores.items():
+        local = [
+            (token[:i], token[i:], score)
+            for i in range(1, len(token))
+            if token[:i] in vocab and token[i:] in vocab
+        ]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        merges.extend(local)
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
