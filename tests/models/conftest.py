@@ -63,6 +63,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
         max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=24,
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
     ),
+    # Qwen2 sliding from max_window_layers on (layer 0 global, layer 1 window 4)
+    "qwen2_window": dict(
+        model_type="qwen2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        max_position_embeddings=64, use_sliding_window=True, sliding_window=4,
+        max_window_layers=1,
+    ),
     "qwen3": dict(
         model_type="qwen3", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48,
