@@ -25,6 +25,7 @@ KINDS = [
     "gemma3",
     "gemma2",
     "qwen3",
+    "qwen2_window",
 ]
 
 
