@@ -39,7 +39,14 @@ from lora_jax.models import attention as att
 from lora_jax.models.config import SLIDING, ModelConfig
 from lora_jax.models.gpt2 import activation
 from lora_jax.models.layers import run_layers
-from lora_jax.models.llama import LORA_MODULES, LMHead, RMSNorm, _Common, apply_rope, rope_inv_freq
+from lora_jax.models.llama import (
+    LORA_MODULES,
+    LlamaCommon,
+    LMHead,
+    RMSNorm,
+    apply_rope,
+    rope_inv_freq,
+)
 
 __all__ = ["LORA_MODULES", "GemmaForCausalLM"]
 
@@ -61,7 +68,7 @@ def layer_rope(cfg: ModelConfig, sliding: bool) -> ModelConfig:
     return cfg
 
 
-class _GemmaCommon(_Common):
+class _GemmaCommon(LlamaCommon):
     def norm(self, name: str) -> RMSNorm:
         return RMSNorm(self.cfg.norm_eps, self.dtype, self.param_dtype, offset=1.0, name=name)
 

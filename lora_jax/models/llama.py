@@ -123,7 +123,9 @@ class LMHead(nn.Module):
         )
 
 
-class _Common(nn.Module):
+class LlamaCommon(nn.Module):
+    """Fields and helpers shared by the Llama-like modules (Gemma subclasses it too)."""
+
     cfg: ModelConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -149,7 +151,7 @@ class _Common(nn.Module):
                     lora_dropout=self.lora_dropout)  # fmt: skip
 
 
-class LlamaAttention(_Common):
+class LlamaAttention(LlamaCommon):
     window: int | None = None  # this layer's sliding window (cfg.window(layer))
 
     @nn.compact
@@ -175,7 +177,7 @@ class LlamaAttention(_Common):
         ), new_cache
 
 
-class LlamaMLP(_Common):
+class LlamaMLP(LlamaCommon):
     @nn.compact
     def __call__(self, x, deterministic):
         cfg, bias = self.cfg, self.cfg.mlp_bias
@@ -185,7 +187,7 @@ class LlamaMLP(_Common):
         return self.dense(cfg.hidden_size, "mlp.down_proj", bias)(act(gate) * up, deterministic)
 
 
-class LlamaBlock(_Common):
+class LlamaBlock(LlamaCommon):
     deterministic: bool = True
     window: int | None = None  # this layer's sliding window
 
@@ -200,7 +202,7 @@ class LlamaBlock(_Common):
         return x + LlamaMLP(**self.kw, name="mlp")(y, self.deterministic), new_cache
 
 
-class LlamaForCausalLM(_Common):
+class LlamaForCausalLM(LlamaCommon):
     """Llama-family LM. ``__call__(input_ids [B, T], attention_mask, positions, cache,
     deterministic, seq_lengths, return_hidden, segment_ids)`` -> ``(logits [B, T, V] fp32 — or the final
     hidden states [B, T, d] with return_hidden — , new_cache or None)``; see
