@@ -12,9 +12,14 @@ SHARED ?= ../shared
 # Without $(SHARED)/bin/get-smollm2 (outside this workplace) and no LORA_JAX_SMOLLM2_GGUF, the
 # variable stays unset, never empty: model=smollm2-135m then loads HuggingFaceTB/SmolLM2-135M-Instruct
 # from the Hugging Face Hub (conf/model/smollm2-135m.yaml).
+# The same for Gemma 3 270M (base, Q4_K_M GGUF; $(SHARED)/bin/get-gemma3, LORA_JAX_GEMMA3_GGUF;
+# conf/model/gemma3-270m.yaml falls back to google/gemma-3-270m on the Hub).
 GET_SMOLLM2 := $(SHARED)/bin/get-smollm2
+GET_GEMMA3 := $(SHARED)/bin/get-gemma3
 ENV = LORA_JAX_SMOLLM2_GGUF="$${LORA_JAX_SMOLLM2_GGUF:-$$(if [ -x "$(GET_SMOLLM2)" ]; then "$(GET_SMOLLM2)"; fi)}"; \
       if [ -n "$$LORA_JAX_SMOLLM2_GGUF" ]; then export LORA_JAX_SMOLLM2_GGUF; else unset LORA_JAX_SMOLLM2_GGUF; fi; \
+      LORA_JAX_GEMMA3_GGUF="$${LORA_JAX_GEMMA3_GGUF:-$$(if [ -x "$(GET_GEMMA3)" ]; then "$(GET_GEMMA3)"; fi)}"; \
+      if [ -n "$$LORA_JAX_GEMMA3_GGUF" ]; then export LORA_JAX_GEMMA3_GGUF; else unset LORA_JAX_GEMMA3_GGUF; fi; \
       LORA_JAX_E2E_DIR="$${LORA_JAX_E2E_DIR:-$(abspath $(SHARED)/data/e2e)}"
 
 LOCK := requirements.lock

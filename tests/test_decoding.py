@@ -325,6 +325,25 @@ HF_CONFIGS = {
     "llama": dict(model_type="llama", vocab_size=48, hidden_size=32, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
                   max_position_embeddings=64, bos_token_id=0, eos_token_id=0),
+    # prompts and outputs longer than the sliding window (4): its cache masks are exercised
+    "gemma3": dict(model_type="gemma3_text", vocab_size=48, hidden_size=32, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   intermediate_size=48, max_position_embeddings=64, sliding_window=4,
+                   sliding_window_pattern=2, query_pre_attn_scalar=24, bos_token_id=0,
+                   eos_token_id=0, pad_token_id=0),
+    "gemma2": dict(model_type="gemma2", vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   intermediate_size=48, max_position_embeddings=64, sliding_window=4,
+                   attn_logit_softcapping=2.0, final_logit_softcapping=3.0, bos_token_id=0,
+                   eos_token_id=0, pad_token_id=0),
+    "mistral": dict(model_type="mistral", vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                    max_position_embeddings=64, sliding_window=4, bos_token_id=0,
+                    eos_token_id=0),
+    "qwen3": dict(model_type="qwen3", vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  intermediate_size=48, max_position_embeddings=64, bos_token_id=0,
+                  eos_token_id=0),
 }  # fmt: skip
 REAL_PROMPTS = [[5, 9, 2], [7], [1, 3, 3, 8, 11, 4, 20, 2, 30, 6, 13], [17, 4], [40, 2, 3, 4, 5, 6]]
 

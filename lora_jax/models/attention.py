@@ -12,9 +12,11 @@ that lengths cannot express (see :func:`prepare_call`):
 - KV-cache decode steps (one new token per row): ``key_value_seq_lengths`` = tokens cached +
   1; no mask.
 - multi-token calls into a cache (the prompt prefill), and any cached call of a sliding-window
-  model: a ``[B, 1, T, S]`` bool mask, because the causal diagonal starts at a different cache
+  layer: a ``[B, 1, T, S]`` bool mask, because the causal diagonal starts at a different cache
   slot in every row (``is_causal`` assumes it starts at slot 0 for all rows). It is built once
-  per call, not per step.
+  per call, not per step; a model whose layers differ (Gemma: sliding and global layers, Qwen2
+  from ``max_window_layers`` on) gets two, ``mask`` and ``window_mask``, and each layer picks
+  its own.
 - packed rows (``segment_ids``, sequence packing: several examples per row, lora_jax.tasks.
   batching.pack_examples): a ``[B, 1, T, T]`` bool mask, causal within a segment only (key
   segment = query segment), built once per call; positions restart per example (given by the
@@ -58,11 +60,15 @@ class AttnSpec(NamedTuple):
     kv_lengths: [B] int32, keys ``[0, kv_lengths)`` may be attended to (cache + new tokens).
     start: [B] int32 cache slot of this call's first token, or None without a cache.
     mask: [B, 1, T, S] bool, only for multi-token calls into a cache (else None).
+    window_mask: the mask of sliding-window layers (see below), or None.
     """
 
     kv_lengths: jax.Array
     start: jax.Array | None
     mask: jax.Array | None
+    # the same for the layers with a sliding window (when the model has any): [B, 1, T, S]
+    # bool for any cached call (decode steps included) and packed rows, else None
+    window_mask: jax.Array | None = None
 
 
 def init_kv_cache(
@@ -136,16 +142,23 @@ def prepare_call(
         if positions is None:
             positions = base[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
     kv_lengths = base + n
-    mask = None
-    if cache is not None and (t > 1 or cfg.sliding_window is not None):
+    mask = window_mask = None
+    window = model_window(cfg)
+    if cache is not None and (t > 1 or window is not None):
         q_slot = (base[:, None] + jnp.arange(t, dtype=jnp.int32))[:, :, None]  # [B, T, 1]
         k_slot = jnp.arange(cache["layers"][0]["k"].shape[2], dtype=jnp.int32)[None, None, :]
         allowed = (k_slot <= q_slot) & (k_slot < kv_lengths[:, None, None])
-        if cfg.sliding_window is not None:
-            allowed = allowed & (q_slot - k_slot < cfg.sliding_window)
-        mask = allowed[:, None]
-    spec = AttnSpec(kv_lengths=kv_lengths, start=start, mask=mask)
+        mask = allowed[:, None] if t > 1 else None
+        if window is not None:
+            window_mask = (allowed & (q_slot - k_slot < window))[:, None]
+    spec = AttnSpec(kv_lengths=kv_lengths, start=start, mask=mask, window_mask=window_mask)
     return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, perm
+
+
+def model_window(cfg: Any) -> int | None:
+    """The sliding window of the model's sliding layers, None when no layer slides."""
+    window = getattr(cfg, "sliding_window", None)
+    return window if window is None else getattr(cfg, "any_window", window)
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -167,16 +180,21 @@ def _packed_call(
     if positions is None:
         positions = segment_positions(segment_ids)
     block = getattr(cfg, "packed_block", None)
+    window = model_window(cfg)
+    windowed = None
     if block is not None and t > 2 * block:
-        allowed = _block_mask(segment_ids, block, cfg.sliding_window)
+        allowed = _block_mask(segment_ids, block, None)
+        if window is not None:
+            windowed = _block_mask(segment_ids, block, window)
     else:
         q_idx = jnp.arange(t, dtype=jnp.int32)[:, None]
         k_idx = jnp.arange(t, dtype=jnp.int32)[None, :]
         allowed = (k_idx <= q_idx)[None] & (segment_ids[:, :, None] == segment_ids[:, None, :])
-        if cfg.sliding_window is not None:  # segments are contiguous: row offsets = positions
-            allowed = allowed & (q_idx - k_idx < cfg.sliding_window)[None]
+        if window is not None:  # segments are contiguous: row offsets = positions
+            windowed = (allowed & (q_idx - k_idx < window)[None])[:, None]
         allowed = allowed[:, None]
-    spec = AttnSpec(kv_lengths=jnp.full((b,), t, jnp.int32), start=None, mask=allowed)
+    spec = AttnSpec(kv_lengths=jnp.full((b,), t, jnp.int32), start=None, mask=allowed,
+                    window_mask=windowed)  # fmt: skip
     return input_ids, jnp.asarray(positions).astype(jnp.int32), spec, None
 
 
@@ -203,7 +221,9 @@ def _block_mask(segment_ids: jax.Array, c: int, window: int | None) -> jax.Array
     return allowed.reshape(b * n, 1, qb, (p + 1) * qb)
 
 
-def _attend_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def _attend_blocks(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: Any, softcap: Any
+) -> jax.Array:
     """Attention of packed rows cut into query blocks (``mask`` from :func:`_block_mask`):
     q [B, T, H, hd], k/v [B, T, KV, hd] -> [B, T, H, hd]."""
     b, t, h, hd = q.shape
@@ -217,7 +237,7 @@ def _attend_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) ->
         return jnp.concatenate(parts, axis=2).reshape(b * n, (p + 1) * qb, *x.shape[2:])
 
     qs = jnp.pad(q, ((0, 0), (0, n * qb - t), (0, 0), (0, 0))).reshape(b * n, qb, h, hd)
-    out = jax.nn.dot_product_attention(qs, windows(k), windows(v), mask=mask)
+    out = _sdpa(qs, windows(k), windows(v), mask=mask, scale=scale, softcap=softcap)
     return out.reshape(b, n * qb, h, hd)[:, :t]
 
 
@@ -247,40 +267,98 @@ def _implementation(q: jax.Array) -> str | None:
 
 
 def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, spec: AttnSpec, sliding_window: int | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    spec: AttnSpec,
+    sliding_window: int | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention; q: [B, T, H, hd], k/v: [B, S, KV, hd] (GQA when KV < H).
-    Softmax runs in fp32 (jax.nn.dot_product_attention). -> [B, T, H, hd]."""
+    Softmax runs in fp32 (jax.nn.dot_product_attention). -> [B, T, H, hd].
+
+    ``sliding_window``: this layer's window (keys less than that many positions back), None for
+    a global layer; ``scale``: the score scale (None: 1/√hd); ``softcap``: scores become
+    ``softcap·tanh(scores / softcap)`` before the mask (Gemma 2)."""
     k = k.astype(q.dtype)
     v = v.astype(q.dtype)
-    if spec.mask is not None:  # into a cache, or packed rows: see the module docstring
-        if spec.start is None and spec.mask.shape[0] != q.shape[0]:  # packed rows in blocks
-            return _attend_blocks(q, k, v, spec.mask)
-        return jax.nn.dot_product_attention(q, k, v, mask=spec.mask)
+    mask = spec.mask
+    if sliding_window is not None and spec.window_mask is not None:
+        mask = spec.window_mask
+    if mask is not None:  # into a cache, or packed rows: see the module docstring
+        if spec.start is None and mask.shape[0] != q.shape[0]:  # packed rows in blocks
+            return _attend_blocks(q, k, v, mask, scale, softcap)
+        return _sdpa(q, k, v, mask=mask, scale=scale, softcap=softcap)
     # a row with no real token (filler rows) still attends to one key: finite outputs
     kv_len = jnp.maximum(spec.kv_lengths, 1).astype(jnp.int32)
     if spec.start is not None and q.shape[1] == 1 and sliding_window is None:
-        return _attend_one(q, k, v, kv_len)
+        return _attend_one(q, k, v, kv_len, scale, softcap)
     causal = spec.start is None  # one query per row into a cache: the lengths say it all
     window = None if sliding_window is None else (sliding_window - 1, 0)
-    return jax.nn.dot_product_attention(
-        q,
-        k,
-        v,
-        is_causal=causal,
-        key_value_seq_lengths=kv_len,
-        local_window_size=window,
-        implementation=_implementation(q),
-    )
+    return _sdpa(q, k, v, scale=scale, softcap=softcap, is_causal=causal, kv_len=kv_len,
+                 window=window, implementation=_implementation(q))  # fmt: skip
 
 
-def _attend_one(q: jax.Array, k: jax.Array, v: jax.Array, kv_len: jax.Array) -> jax.Array:
+def _sdpa(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    is_causal: bool = False,
+    kv_len: jax.Array | None = None,
+    window: tuple[int, int] | None = None,
+    implementation: str | None = None,
+) -> jax.Array:
+    """``jax.nn.dot_product_attention``, or with ``softcap`` (which it has no option for) the
+    same arithmetic written out (its XLA path: fp32 logits, masked to ``-0.7·max``, fp32
+    softmax), the scores soft-capped after scaling as transformers' Gemma 2 does."""
+    if softcap is None:
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, scale=scale, is_causal=is_causal, key_value_seq_lengths=kv_len,
+            local_window_size=window, implementation=implementation,
+        )  # fmt: skip
+    b, t, h, hd = q.shape
+    s, kvh = k.shape[1], k.shape[2]
+    allowed = jnp.ones((1, 1, t, s), bool) if mask is None else mask  # [B|1, 1, T, S]
+    q_idx = jnp.arange(t, dtype=jnp.int32)[:, None]
+    k_idx = jnp.arange(s, dtype=jnp.int32)[None, :]
+    if is_causal:
+        allowed = allowed & (k_idx <= q_idx)[None, None]
+    if window is not None:
+        allowed = allowed & (q_idx <= k_idx + window[0])[None, None]
+    if kv_len is not None:
+        allowed = allowed & (k_idx[None] < kv_len[:, None, None])[:, None]
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    qg = q.reshape(b, t, kvh, h // kvh, hd)  # query head j reads kv head j // (h / kvh)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=f32)
+    logits = logits * jnp.asarray(hd**-0.5 if scale is None else scale, f32)
+    logits = jnp.tanh(logits / softcap) * softcap
+    big_neg = jnp.asarray(-0.7 * float(jnp.finfo(jnp.float32).max), f32)
+    allowed = allowed[:, :, None]  # [B|1, 1, 1, T, S] over (kv head, group)
+    probs = jax.nn.softmax(jnp.where(allowed, logits, big_neg).astype(jnp.float32), axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v.dtype), v)
+    return out.reshape(b, t, h, hd)
+
+
+def _attend_one(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_len: jax.Array,
+    scale: float | None = None,
+    softcap: float | None = None,
+) -> jax.Array:
     """One query per row into a cache (a decode step): the same arithmetic as
-    ``jax.nn.dot_product_attention``'s XLA path (logits in the input dtype, times 1/√hd, masked
-    to ``-0.7·max``, fp32 softmax), but contracted in the cache's own ``[B, KV, S, hd]`` layout
-    with the query heads grouped per KV head, so no cache-sized transpose or batched-dot
-    relayout runs per layer per step (on XLA:CPU the library call lowered the probs·V product
-    to a slow generic dot). q: [B, 1, H, hd]; k, v: [B, S, KV, hd]; kv_len: [B] -> [B, 1, H, hd].
+    ``jax.nn.dot_product_attention``'s XLA path (logits in the input dtype, times the scale
+    (1/√hd by default), masked to ``-0.7·max``, fp32 softmax), but contracted in the cache's
+    own ``[B, KV, S, hd]`` layout with the query heads grouped per KV head, so no cache-sized
+    transpose or batched-dot relayout runs per layer per step (on XLA:CPU the library call
+    lowered the probs·V product to a slow generic dot). q: [B, 1, H, hd]; k, v: [B, S, KV,
+    hd]; kv_len: [B] -> [B, 1, H, hd]. ``softcap``: as :func:`_sdpa`.
     """
     b, _, h, hd = q.shape
     kc, vc = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # the cache layout: transposes fold
@@ -288,7 +366,9 @@ def _attend_one(q: jax.Array, k: jax.Array, v: jax.Array, kv_len: jax.Array) -> 
     qg = q.reshape(b, kvh, h // kvh, hd)  # GQA: query head j reads kv head j // (h / kvh)
     f32 = jnp.promote_types(q.dtype, jnp.float32)
     logits = jnp.einsum("bkgd,bksd->bkgs", qg, kc, preferred_element_type=f32)
-    logits = logits * jnp.asarray(1.0 / np.sqrt(hd), f32)
+    logits = logits * jnp.asarray(1.0 / np.sqrt(hd) if scale is None else scale, f32)
+    if softcap is not None:
+        logits = jnp.tanh(logits / softcap) * softcap
     live = jnp.arange(s, dtype=jnp.int32)[None, None, None, :] < kv_len[:, None, None, None]
     big_neg = jnp.asarray(-0.7 * float(jnp.finfo(jnp.float32).max), f32)
     probs = jax.nn.softmax(jnp.where(live, logits, big_neg).astype(jnp.float32), axis=-1)

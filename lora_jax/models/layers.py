@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -32,7 +33,8 @@ import jax.numpy as jnp
 
 from lora_jax.errors import ConfigError
 
-LAYER_PREFIX = {"gpt2": "h", "llama": "layers"}  # per-layer scope names: {prefix}_{i}
+# per-layer scope names: {prefix}_{i}
+LAYER_PREFIX = {"gpt2": "h", "llama": "layers", "gemma": "layers", "phi3": "layers"}
 
 REMAT_POLICIES = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
@@ -57,17 +59,20 @@ def run_layers(
     cache: Any,
     scan: bool,
     remat: str,
+    layer_kw: Callable[[int], dict[str, Any]] | None = None,
 ) -> tuple[jax.Array, list]:
-    """Apply ``num_layers`` blocks ``block_cls(**kw)(x, positions, spec, layer_cache) -> (x,
-    layer_cache)`` named ``{prefix}_{i}`` (loop) or ``{prefix}`` (scan, stacked params).
-    Returns ``(x, new layer caches)``."""
+    """Apply ``num_layers`` blocks ``block_cls(**kw, **layer_kw(i))(x, positions, spec,
+    layer_cache) -> (x, layer_cache)`` named ``{prefix}_{i}`` (loop) or ``{prefix}`` (scan,
+    stacked params; every layer's ``layer_kw`` must then be the same). Returns ``(x, new layer
+    caches)``."""
     check_remat(remat)
     cls = block_cls if remat == "none" else nn.remat(block_cls, policy=REMAT_POLICIES[remat])
+    per_layer = [layer_kw(i) if layer_kw else {} for i in range(num_layers)]
     if not scan:
         new_layers = []
         for i in range(num_layers):
             lc = None if cache is None else cache["layers"][i]
-            x, lc = cls(**kw, name=f"{prefix}_{i}")(x, positions, spec, lc)
+            x, lc = cls(**kw, **per_layer[i], name=f"{prefix}_{i}")(x, positions, spec, lc)
             new_layers.append(lc)
         return x, new_layers
     if cache is not None:
@@ -75,6 +80,13 @@ def run_layers(
             "scan_layers is a training option: decode stacked params with "
             "LayerViews(module.clone(scan_layers=False), prefix) (what trainer.scan runs do)"
         )
+    if any(p != per_layer[0] for p in per_layer):
+        raise ConfigError(
+            "scan_layers runs one compiled block for every layer, but this model's layers "
+            f"differ ({sorted({str(p) for p in per_layer})}: sliding-window and global "
+            "attention layers); use trainer.scan=false"
+        )
+    kw = {**kw, **per_layer[0]}
     scanned = nn.scan(
         cls,
         variable_axes={"params": 0, "lora": 0},

@@ -1,12 +1,15 @@
-"""The Llama family (Llama 2/3, Mistral, Qwen2) as a Flax linen module, numerically matching
-transformers' ``LlamaForCausalLM``: RMSNorm, rotary positions (default / linear / llama3
-scaling), grouped-query attention, SwiGLU MLP, tied or untied LM head, optional q/k/v bias.
+"""The Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3) as a Flax linen module, numerically
+matching transformers' ``LlamaForCausalLM`` (and Mistral/Qwen2/Qwen3's): RMSNorm, rotary
+positions (default / linear / llama3 scaling), grouped-query attention, SwiGLU MLP, tied or
+untied LM head, optional q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3), sliding-window
+attention in all layers (Mistral) or in those ``layer_types`` names (Qwen2/Qwen3).
 
 Parameter tree (LoRA targeting and PEFT export rely on these names)::
 
     embed_tokens/embedding [V, d]   norm/scale [d]   lm_head/kernel [d, V] (untied only)
     layers_{i}/input_layernorm/scale, layers_{i}/post_attention_layernorm/scale,
     layers_{i}/self_attn/{q,k,v,o}_proj/{kernel [in, out], bias?},
+    layers_{i}/self_attn/{q,k}_norm/scale [head_dim] (Qwen3 only),
     layers_{i}/mlp/{gate,up,down}_proj/{kernel, bias?}
 """
 
@@ -42,7 +45,7 @@ LORA_MODULES: dict[str, tuple[str, ...]] = {
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Inverse frequencies ``[head_dim / 2]`` as transformers' ``modeling_rope_utils`` computes
     them for rope types default, linear and llama3 (Llama 3.1's ``_compute_llama3_parameters``)."""
-    dim = cfg.head_dim
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)  # Phi-3: RoPE on part of each head
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
     rs = cfg.rope_scaling
     kind = None if not rs else rs.get("rope_type", rs.get("type", "default"))
@@ -69,29 +72,39 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-    """Rotate ``x: [B, T, H, hd]`` by ``positions: [B, T]`` (HF's rotate_half layout)."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, hd/2]
+    """Rotate ``x: [B, T, H, hd]`` by ``positions: [B, T]`` (HF's rotate_half layout). With
+    fewer frequencies than ``hd / 2`` (Phi-3's partial_rotary_factor) only the first
+    ``2·len(inv_freq)`` dims of each head rotate; the rest pass through."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, rot/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb), jnp.sin(emb)
     x32 = x.astype(jnp.float32)
+    rot = emb.shape[-1]
+    x32, rest = x32[..., :rot], x32[..., rot:]
     x1, x2 = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    out = x32 * cos + rotated * sin
+    if rest.shape[-1]:
+        out = jnp.concatenate([out, rest], axis=-1)
+    return out.astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x^2) + eps) * scale``, computed in fp32; returns ``dtype``."""
+    """``x / sqrt(mean(x^2) + eps) * (offset + scale)``, computed in fp32; returns ``dtype``.
+    ``offset``: 0 (Llama), 1 (Gemma stores the weight minus one; initialised to zero)."""
 
     eps: float
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    offset: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        init = nn.initializers.zeros if self.offset else nn.initializers.ones
+        scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
 
 
 class LMHead(nn.Module):
@@ -110,7 +123,9 @@ class LMHead(nn.Module):
         )
 
 
-class _Common(nn.Module):
+class LlamaCommon(nn.Module):
+    """Fields and helpers shared by the Llama-like modules (Gemma subclasses it too)."""
+
     cfg: ModelConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -136,7 +151,9 @@ class _Common(nn.Module):
                     lora_dropout=self.lora_dropout)  # fmt: skip
 
 
-class LlamaAttention(_Common):
+class LlamaAttention(LlamaCommon):
+    window: int | None = None  # this layer's sliding window (cfg.window(layer))
+
     @nn.compact
     def __call__(self, x, positions, spec, layer_cache, deterministic):
         cfg = self.cfg
@@ -147,17 +164,20 @@ class LlamaAttention(_Common):
         q = self.dense(h * hd, "self_attn.q_proj", qkv_bias)(x, deterministic)
         k = self.dense(kvh * hd, "self_attn.k_proj", qkv_bias)(x, deterministic)
         v = self.dense(kvh * hd, "self_attn.v_proj", qkv_bias)(x, deterministic)
+        q, k = q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dims, before RoPE
+            q, k = self.norm("q_norm")(q), self.norm("k_norm")(k)
         inv_freq = rope_inv_freq(cfg)
-        q = apply_rope(q.reshape(b, t, h, hd), positions, inv_freq)
-        k = apply_rope(k.reshape(b, t, kvh, hd), positions, inv_freq)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
         k, v, new_cache = att.write_and_read(layer_cache, k, v.reshape(b, t, kvh, hd), spec)
-        out = att.attend(q, k, v, spec, cfg.sliding_window).reshape(b, t, h * hd)
+        out = att.attend(q, k, v, spec, self.window).reshape(b, t, h * hd)
         return self.dense(cfg.hidden_size, "self_attn.o_proj", o_bias)(
             out, deterministic
         ), new_cache
 
 
-class LlamaMLP(_Common):
+class LlamaMLP(LlamaCommon):
     @nn.compact
     def __call__(self, x, deterministic):
         cfg, bias = self.cfg, self.cfg.mlp_bias
@@ -167,13 +187,14 @@ class LlamaMLP(_Common):
         return self.dense(cfg.hidden_size, "mlp.down_proj", bias)(act(gate) * up, deterministic)
 
 
-class LlamaBlock(_Common):
+class LlamaBlock(LlamaCommon):
     deterministic: bool = True
+    window: int | None = None  # this layer's sliding window
 
     @nn.compact
     def __call__(self, x, positions, spec, layer_cache):
         y = self.norm("input_layernorm")(x)
-        y, new_cache = LlamaAttention(**self.kw, name="self_attn")(
+        y, new_cache = LlamaAttention(**self.kw, window=self.window, name="self_attn")(
             y, positions, spec, layer_cache, self.deterministic
         )
         x = x + y
@@ -181,7 +202,7 @@ class LlamaBlock(_Common):
         return x + LlamaMLP(**self.kw, name="mlp")(y, self.deterministic), new_cache
 
 
-class LlamaForCausalLM(_Common):
+class LlamaForCausalLM(LlamaCommon):
     """Llama-family LM. ``__call__(input_ids [B, T], attention_mask, positions, cache,
     deterministic, seq_lengths, return_hidden, segment_ids)`` -> ``(logits [B, T, V] fp32 — or the final
     hidden states [B, T, d] with return_hidden — , new_cache or None)``; see
@@ -218,6 +239,7 @@ class LlamaForCausalLM(_Common):
         x, new_layers = run_layers(
             LlamaBlock, {**self.kw, "deterministic": deterministic}, "layers", cfg.num_layers,
             x, positions, spec, cache, self.scan_layers, self.remat,
+            layer_kw=lambda i: {"window": cfg.window(i)},
         )  # fmt: skip
         x = self.norm("norm")(x)
         if return_hidden:

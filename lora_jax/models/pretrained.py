@@ -42,7 +42,7 @@ def load_model(
     ``quant`` stores the LoRA-targetable Dense kernels of the frozen base quantized (QLoRA,
     dequantized on the fly inside the step; see :mod:`lora_jax.quant`): ``nf4`` (4-bit
     NormalFloat, blocks of 64, double-quantized scales), ``int8`` (row-wise absmax), ``keep``
-    (a GGUF file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks) or ``none``. Embeddings, norms, biases
+    (a GGUF file's own Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K blocks) or ``none``. Embeddings, norms, biases
     and the LM head stay in ``param_dtype``.
     """
     if quant not in QUANT_MODES:

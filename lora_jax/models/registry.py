@@ -11,16 +11,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lora_jax.errors import ConfigError
-from lora_jax.models import attention, gpt2, llama
+from lora_jax.models import attention, gemma, gpt2, llama
 from lora_jax.models.config import FAMILY, ModelConfig
 
 MODELS: dict[str, type[nn.Module]] = {
     "gpt2": gpt2.GPT2LMHeadModel,
     "llama": llama.LlamaForCausalLM,
+    "gemma": gemma.GemmaForCausalLM,
 }
 LORA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "gpt2": gpt2.LORA_MODULES,
     "llama": llama.LORA_MODULES,
+    "gemma": gemma.LORA_MODULES,
 }
 
 

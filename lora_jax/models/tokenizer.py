@@ -2,9 +2,9 @@
 a GGUF file's metadata, with special-token ids and the model's jinja2 chat template.
 
 GGUF tokenizers are rebuilt the way transformers does it (``integrations/gguf/
-gguf_tokenizer_mapping.py``): byte-level BPE from ``tokenizer.ggml.tokens`` / ``merges``, control
-tokens (type 3) added as special tokens, user-defined tokens (type 4) as plain added tokens, and
-the pre-tokenizer split chosen by ``tokenizer.ggml.pre``.
+gguf_tokenizer_mapping.py``; the backends are :mod:`lora_jax.models.tokenizer_gguf`): byte-level
+or sentencepiece BPE, control tokens (type 3) added as special tokens, user-defined tokens
+(type 4) as plain added tokens.
 
 ``add_bos``: whether the tokenizer puts BOS before a sequence (what transformers'
 ``encode(text, add_special_tokens=True)`` does), read from the tokenizer's own metadata:
@@ -21,42 +21,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from lora_jax.errors import ConfigError, DataError, MissingFile
+from lora_jax.models.tokenizer_gguf import (
+    byte_level_backend,
+    sentencepiece_backend,
+)
 
-# Pre-tokenizer splits by ``tokenizer.ggml.pre``, as transformers' GGUF_PRE_TOKENIZER_SPLITS;
-# anything else gets GPT-2's ByteLevel regex.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-GGUF_PRE_SPLITS = {
-    **dict.fromkeys(
-        ("llama3", "llama-v3", "llama-bpe", "falcon3", "smaug-bpe", "dbrx"), _LLAMA3_SPLIT
-    ),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), _QWEN2_SPLIT),
-}
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (openai/gpt-2 encoder.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _token_text(tok: Any) -> str | None:
@@ -197,44 +171,23 @@ class Tokenizer:
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """From GGUF metadata already read (``gguf_file.read_metadata``)."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise NotImplementedError(
-                f"GGUF tokenizer type {kind!r} is not supported (only byte-level BPE 'gpt2', used "
-                "by Llama 3, SmolLM, Qwen2, GPT-2); load the model's HF folder for its tokenizer.json"
-            )
         tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
         types = list(meta.get("tokenizer.ggml.token_type") or [])
-        spelling = bytes_to_unicode()
-        alphabet = set(spelling.values())
-        vocab = {
-            t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
-            for i, t in enumerate(tokens)
-        }
-        merges = [tuple(m.split(" ")) for m in meta.get("tokenizer.ggml.merges") or []]
-        backend = Backend(
-            models.BPE(
-                vocab=vocab,
-                merges=merges,
-                continuing_subword_prefix="",
-                end_of_word_suffix="",
-                fuse_unk=False,
-            )
-        )
-        split = GGUF_PRE_SPLITS.get(meta.get("tokenizer.ggml.pre"))
-        if split is None:
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        if kind == "gpt2":
+            backend, vocab, alphabet = byte_level_backend(meta, tokens)
+        elif kind == "llama":
+            backend, vocab = sentencepiece_backend(meta, tokens)
+            alphabet = None
         else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-                ]
+            raise NotImplementedError(
+                f"GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2': Llama 3, "
+                "SmolLM, Qwen2, GPT-2; sentencepiece 'llama': Llama 2, Gemma, Phi-3); load the "
+                "model's HF folder for its tokenizer.json"
             )
-        backend.decoder = decoders.ByteLevel()
         control = [
             AddedToken(t, normalized=False, special=True)
             for t, ty in zip(tokens, types)
-            if ty == _CONTROL and set(t) <= alphabet
+            if ty == _CONTROL and (alphabet is None or set(t) <= alphabet)
         ]
         backend.add_special_tokens(control)
         user = [
@@ -252,8 +205,11 @@ class Tokenizer:
         bos, eos, pad = ident("bos_token_id"), ident("eos_token_id"), ident("padding_token_id")
         if eos is None:
             raise DataError("GGUF metadata lacks tokenizer.ggml.eos_token_id")
+        add_bos = meta.get("tokenizer.ggml.add_bos_token")
+        if add_bos is None and kind == "llama":  # transformers: sentencepiece files default to BOS
+            add_bos = True
         template = []
-        if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
+        if add_bos and bos is not None:
             template.append((tokens[bos], bos))
         single = " ".join([t for t, _ in template] + ["$A"])
         if meta.get("tokenizer.ggml.add_eos_token"):
@@ -275,7 +231,7 @@ class Tokenizer:
             pad_id=pad,
             chat_template=meta.get("tokenizer.chat_template"),
             special_tokens=names,
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token")),
+            add_bos=bool(add_bos),
         )
 
 

@@ -1,8 +1,8 @@
 """llama.cpp block formats dequantized in jnp, for GGUF kernels kept in their own blocks.
 
 Ports of ``gguf.quants`` (gguf-py, the numpy reference the GGUF loader uses) for the formats
-lora-jax keeps on the fly: Q8_0, Q4_0, Q4_1 (32 weights a block) and Q4_K, Q6_K (256 weights a
-super-block). A GGUF matrix is stored row by row (``[rows, bytes_per_row]`` uint8, ``rows`` =
+lora-jax keeps on the fly: Q8_0, Q4_0, Q4_1, Q5_0 (32 weights a block) and Q4_K, Q6_K (256
+weights a super-block). A GGUF matrix is stored row by row (``[rows, bytes_per_row]`` uint8, ``rows`` =
 output features of a Linear), each row a run of blocks along the input dimension, so whole rows
 can be permuted (llama.cpp's q/k rotary permutation) without touching a block.
 """
@@ -18,6 +18,7 @@ FORMATS: dict[str, tuple[int, int]] = {
     "q8_0": (32, 34),
     "q4_0": (32, 18),
     "q4_1": (32, 20),
+    "q5_0": (32, 22),
     "q4_k": (QK_K, 144),
     "q6_k": (QK_K, 210),
 }
@@ -53,6 +54,17 @@ def _q4_1(b: jax.Array) -> jax.Array:
     return (d * _nibbles(b[:, 4:], 16).astype(jnp.float32)) + m
 
 
+def _q5_0(b: jax.Array) -> jax.Array:
+    """fp16 d, 32 high bits (one per weight, little-endian uint32), 16 bytes of low nibbles;
+    w = d·(q - 16) with q = low | high << 4 (gguf.quants Q5_0)."""
+    d = _f16(b[:, :2])
+    qh = b[:, 2:6].astype(jnp.uint32)
+    qh = qh[:, 0:1] | (qh[:, 1:2] << 8) | (qh[:, 2:3] << 16) | (qh[:, 3:4] << 24)
+    hi = ((qh >> jnp.arange(32, dtype=jnp.uint32)[None, :]) & 1).astype(jnp.uint8)
+    q = (_nibbles(b[:, 6:], 16) | (hi << 4)).astype(jnp.int8) - jnp.int8(16)
+    return d * q.astype(jnp.float32)
+
+
 def _q4_k(b: jax.Array) -> jax.Array:
     n = b.shape[0]
     d, dmin = _f16(b[:, :2]), _f16(b[:, 2:4])
@@ -78,7 +90,8 @@ def _q6_k(b: jax.Array) -> jax.Array:
     return (d * q.reshape(n, QK_K // 16, -1).astype(jnp.float32)).reshape(n, QK_K)
 
 
-_DEQUANT = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1, "q4_k": _q4_k, "q6_k": _q6_k}
+_DEQUANT = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1, "q5_0": _q5_0, "q4_k": _q4_k,
+            "q6_k": _q6_k}  # fmt: skip
 
 
 def dequantize(kind: str, blocks: jax.Array, cols: int) -> jax.Array:

@@ -22,6 +22,15 @@ HF = {
                   max_position_embeddings=32),
     "gpt2": dict(model_type="gpt2", vocab_size=64, n_embd=16, n_layer=3, n_head=2,
                  n_positions=32),
+    "gemma3": dict(model_type="gemma3_text", vocab_size=64, hidden_size=16, num_hidden_layers=3,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=24,
+                   max_position_embeddings=32, sliding_window=4, sliding_window_pattern=2),
+    "gemma2": dict(model_type="gemma2", vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                   num_attention_heads=2, num_key_value_heads=1, head_dim=8, intermediate_size=24,
+                   max_position_embeddings=32, sliding_window=4),
+    "qwen3": dict(model_type="qwen3", vocab_size=64, hidden_size=16, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=24,
+                  max_position_embeddings=32),
 }  # fmt: skip
 ALL_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -55,7 +64,9 @@ def _peft_modules(family: str, kw: dict) -> set[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # GPT-2 Conv1D: fan_in_fan_out is set for us
         wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, **kw))
-    prefix = "base_model.model." + ("transformer." if family == "gpt2" else "model.")
+    prefix = "base_model.model." + (
+        "transformer." if HF[family]["model_type"] == "gpt2" else "model."
+    )
     names = {n for n, m in wrapped.named_modules() if isinstance(m, LoraLayer)}
     assert names and all(n.startswith(prefix) for n in names)
     return {n[len(prefix) :] for n in names}
@@ -83,3 +94,36 @@ def test_same_modules_as_peft_injection(params, family, kw):
     # GPT-2's fused c_attn named as a module: the whole kernel (q, k, v), as PEFT's Conv1D.
     for mid in {t.module_id for t in ours if t.module_id.endswith("c_attn")}:
         assert sorted(t.name for t in ours if t.module_id == mid) == ["k", "q", "v"]
+
+
+# The presets against PEFT's target_modules for the same modules ("all-linear": PEFT's own
+# every-Linear-but-the-head rule).
+PRESET_PEFT = {
+    "qv": ["q_proj", "v_proj"],
+    "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all": "all-linear",
+}
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gemma2", "qwen3"])
+@pytest.mark.parametrize("preset", list(PRESET_PEFT))
+def test_preset_trainable_counts_equal_peft(params, family, preset):
+    import warnings
+
+    import peft
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tree, modules = params[family]
+    ours = L.resolve(L.LoraConfig(r=2, targets=preset), tree, modules)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**HF[family]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapped = peft.get_peft_model(
+            model, peft.LoraConfig(r=2, target_modules=PRESET_PEFT[preset])
+        )
+    trainable, _ = wrapped.get_nb_trainable_parameters()
+    assert sum(t.num_params for t in ours) == trainable
+    assert {t.module_id for t in ours} == _peft_modules(
+        family, {"target_modules": PRESET_PEFT[preset]}
+    )

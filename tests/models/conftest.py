@@ -48,6 +48,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
         num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
         max_position_embeddings=64, sliding_window=None,
     ),
+    # Gemma 3: sliding (window 4, local RoPE base 100), global (base 1000), sliding; a score
+    # scale that is not head_dim^-0.5; tied head
+    "gemma3": dict(
+        model_type="gemma3_text", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48,
+        max_position_embeddings=64, sliding_window=4, sliding_window_pattern=2,
+        query_pre_attn_scalar=24, rope_theta=1000.0, rope_local_base_freq=100.0,
+    ),
+    # Gemma 2: caps low enough that the random weights' scores and logits reach them
+    "gemma2": dict(
+        model_type="gemma2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48,
+        max_position_embeddings=64, sliding_window=4, query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+    ),
+    # Qwen2 sliding from max_window_layers on (layer 0 global, layer 1 window 4)
+    "qwen2_window": dict(
+        model_type="qwen2", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        max_position_embeddings=64, use_sliding_window=True, sliding_window=4,
+        max_window_layers=1,
+    ),
+    "qwen3": dict(
+        model_type="qwen3", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48,
+        max_position_embeddings=64, tie_word_embeddings=True,
+    ),
 }  # fmt: skip
 
 

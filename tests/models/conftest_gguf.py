@@ -1,5 +1,5 @@
 """GGUF test helpers: a small re-implementation of llama.cpp's ``convert_hf_to_gguf.py`` for
-tiny Llama / GPT-2 state dicts, and the fixture locating the real SmolLM2 GGUF.
+tiny Llama / GPT-2 state dicts, and the fixtures locating the real SmolLM2 and Gemma 3 GGUFs.
 
 Import into a test module: ``from conftest_gguf import smollm2_gguf, write_gguf  # noqa: F401``.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 SMOLLM2_ENV = "LORA_JAX_SMOLLM2_GGUF"
+GEMMA3_ENV = "LORA_JAX_GEMMA3_GGUF"
 
 # HF module name -> llama.cpp name (gguf-py tensor_mapping.py, MODEL_ARCH.LLAMA / GPT2)
 LLAMA_NAMES = {
@@ -164,4 +165,19 @@ def smollm2_gguf() -> Path:
     path = Path(value)
     if not path.is_file():
         pytest.fail(f"{SMOLLM2_ENV}={value} is not a file; re-run /work/shared/bin/get-smollm2")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """The real Gemma 3 270M (base) Q4_K_M GGUF; fails (not skips) when it is not configured."""
+    value = os.environ.get(GEMMA3_ENV)
+    if not value:
+        pytest.fail(
+            f"{GEMMA3_ENV} is not set. Run: export {GEMMA3_ENV}=$(/work/shared/bin/get-gemma3) "
+            "(or `-m 'not slow'` to skip real-model tests)"
+        )
+    path = Path(value)
+    if not path.is_file():
+        pytest.fail(f"{GEMMA3_ENV}={value} is not a file; re-run /work/shared/bin/get-gemma3")
     return path

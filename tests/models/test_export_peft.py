@@ -82,6 +82,10 @@ CASES = {
     ),
     # tiny GPT-2: the paper's q,v on the fused c_attn
     "gpt2_qv": ("gpt2", LoraConfig(r=4, alpha=8, targets="qv")),
+    # every Linear of Gemma 3 (sliding and global layers), Gemma 2 (soft-capped), Qwen3 (q/k norms)
+    "gemma3_all": ("gemma3", LoraConfig(r=4, alpha=8, targets="all")),
+    "gemma2_attn": ("gemma2", LoraConfig(r=4, alpha=16, targets="attn")),
+    "qwen3_qv_mlp": ("qwen3", LoraConfig(r=2, alpha=8, targets=("q", "v", "gate", "up", "down"))),
 }
 
 
@@ -112,7 +116,7 @@ def test_exported_adapter_loads_in_peft_with_our_logits(case, make_tiny_hf_model
         assert (pc["r"], pc["lora_alpha"], pc["fan_in_fan_out"]) == (8, 16.0, True)
         assert pc["target_modules"] == ["attn.c_attn"]
         assert "zero" in (out / "README.md").read_text()
-    else:
+    elif case == "llama_patterns":
         assert pc["rank_pattern"] == {r"model\.layers\.1\.self_attn\.v_proj": 2}
         assert set(pc["alpha_pattern"].values()) == {3.0}
 

@@ -15,7 +15,18 @@ from lora_jax.models import convert
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
 
-KINDS = ["gpt2", "llama_gqa", "llama_tied", "qwen2", "llama3_rope", "mistral"]
+KINDS = [
+    "gpt2",
+    "llama_gqa",
+    "llama_tied",
+    "qwen2",
+    "llama3_rope",
+    "mistral",
+    "gemma3",
+    "gemma2",
+    "qwen3",
+    "qwen2_window",
+]
 
 
 def load_dir(path: Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
@@ -98,7 +109,7 @@ def test_sliding_window_matches_transformers(make_tiny_hf_model):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("kind", ["gpt2", "llama_gqa", "llama_tied", "qwen2"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama_gqa", "llama_tied", "qwen2", "gemma3", "qwen3"])
 def test_init_tree_equals_converted_tree_and_roundtrip(kind, make_tiny_hf_model):
     cfg, state = load_dir(make_tiny_hf_model(kind))
     params = convert.params_from_hf(state, cfg)
@@ -168,7 +179,7 @@ def test_shape_mismatch_names_tensor_and_shapes(tiny_gpt2_dir):
 
 
 def test_unsupported_architecture():
-    with pytest.raises(ValueError, match="unsupported architecture.*gpt2, llama"):
+    with pytest.raises(ValueError, match="unsupported architecture.*gpt2, llama.*gemma3_text"):
         ModelConfig.from_hf({"model_type": "t5"})
 
 

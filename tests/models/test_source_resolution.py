@@ -135,23 +135,36 @@ def _make_env(shared: Path, environ: dict[str, str]) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines())
 
 
+REAL_FILES = [(ENV, "get-smollm2"), ("LORA_JAX_GEMMA3_GGUF", "get-gemma3")]
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 @pytest.mark.parametrize("preset", [None, ""])
-def test_makefile_leaves_the_env_var_unset_without_get_smollm2(preset, tmp_path):
-    environ = {k: v for k, v in os.environ.items() if k != ENV}
+@pytest.mark.parametrize("env,_script", REAL_FILES)
+def test_makefile_leaves_the_env_var_unset_without_get_smollm2(preset, env, _script, tmp_path):
+    environ = {k: v for k, v in os.environ.items() if k != env}
     if preset is not None:
-        environ[ENV] = preset
+        environ[env] = preset
     got = _make_env(tmp_path / "no-shared", environ)
-    assert ENV not in got  # unset, not empty: the demo then loads the Hub id
+    assert env not in got  # unset, not empty: the demo then loads the Hub id
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
-def test_makefile_takes_the_path_from_get_smollm2(tmp_path):
-    script = tmp_path / "shared" / "bin" / "get-smollm2"
+@pytest.mark.parametrize("env,name", REAL_FILES)
+def test_makefile_takes_the_path_from_get_smollm2(env, name, tmp_path):
+    script = tmp_path / "shared" / "bin" / name
     script.parent.mkdir(parents=True)
-    script.write_text("#!/bin/sh\necho /models/smollm2.gguf\n")
+    script.write_text(f"#!/bin/sh\necho /models/{name}.gguf\n")
     script.chmod(0o755)
-    environ = {k: v for k, v in os.environ.items() if k != ENV}
-    assert _make_env(tmp_path / "shared", environ)[ENV] == "/models/smollm2.gguf"
-    environ[ENV] = "/mine.gguf"  # an explicit path wins
-    assert _make_env(tmp_path / "shared", environ)[ENV] == "/mine.gguf"
+    environ = {k: v for k, v in os.environ.items() if k != env}
+    assert _make_env(tmp_path / "shared", environ)[env] == f"/models/{name}.gguf"
+    environ[env] = "/mine.gguf"  # an explicit path wins
+    assert _make_env(tmp_path / "shared", environ)[env] == "/mine.gguf"
+
+
+def test_gemma3_config_reads_its_env_var_else_the_hub_id(monkeypatch, tmp_path):
+    cfg = _compose(["model=gemma3-270m"])
+    monkeypatch.delenv("LORA_JAX_GEMMA3_GGUF", raising=False)
+    assert cfg.model.name == "gemma3-270m" and cfg.model.source == "google/gemma-3-270m"
+    monkeypatch.setenv("LORA_JAX_GEMMA3_GGUF", str(tmp_path / "g.gguf"))
+    assert cfg.model.source == str(tmp_path / "g.gguf")

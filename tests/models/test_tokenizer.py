@@ -179,8 +179,52 @@ def test_gguf_without_template_and_unsupported_kind(tmp_path):
     assert tok.encode("abab<eos>") == [2, 2, 3]
     assert tok.encode("ab", add_special_tokens=True) == [3, 2]
     assert not tok.has_chat_template
-    with pytest.raises(NotImplementedError, match="'llama'"):
-        Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.model": "llama"})
+    with pytest.raises(NotImplementedError, match="'t5'.*sentencepiece 'llama'"):
+        Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.model": "t5"})
+
+
+def _spm_gguf(path, arch: str):
+    """A tiny sentencepiece-BPE GGUF (``tokenizer.ggml.model = llama``, no merges: recovered
+    from the scores, or for Gemma from the token order), tokenizer metadata only."""
+    import gguf
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>"]
+    pieces = ["\u2581", "\u2581t", "he", "\u2581the", "\u2581c", "at", "\u2581cat", "s", "  ",
+              "\n", "\u2581a", "\u2581is", "i", "t", "e", "h", "c", "a"]  # fmt: skip
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [3] * len(specials) + [6] * 256 + [4 if p in ("  ", "\n") else 1 for p in pieces]
+    scores = [0.0] * (len(specials) + 256) + [-float(i) for i in range(len(pieces))]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_scores(scores)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["gemma3", "llama", "phi3"])
+def test_sentencepiece_gguf_tokens_equal_transformers(arch, tmp_path):
+    from transformers import AutoTokenizer
+
+    path = _spm_gguf(tmp_path / f"{arch}.gguf", arch)
+    ours = Tokenizer.from_gguf(path)
+    ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    texts = ["the cat is a cat", " the  cats\n\nhe", "theé 🤗 x", "<start_of_turn>the", ""]
+    for text in texts:
+        ids = ours.encode(text, add_special_tokens=True)
+        assert ids == ref.encode(text), (arch, text)
+        assert ours.decode(ids, skip_special_tokens=False) == ref.decode(ids), (arch, text)
+    assert len(ours.encode("the cat")) < len("the cat")  # the recovered merges apply
 
 
 @pytest.mark.slow

@@ -3,11 +3,13 @@
 What llama.cpp's ``convert_hf_to_gguf.py`` changed, undone here:
 - names: ``blk.N.attn_q`` ... -> ``model.layers.N.self_attn.q_proj`` ... (tables below);
 - Llama/Mistral q and k rows are permuted for ggml's rotary layout (``LlamaModel.permute``);
-  k uses the kv head count (GQA). Qwen2 is stored unpermuted;
+  k uses the kv head count (GQA). Qwen2, Qwen3 and Gemma are stored unpermuted;
+- Gemma's RMSNorm weights are stored plus one (``Gemma2Model``/``Gemma3Model.modify_tensors``
+  add ``norm_shift``): one is subtracted again, as transformers' ``Gemma2TensorProcessor``;
 - GPT-2 ``Conv1D`` weights ([in, out] in HF) are stored transposed ([out, in]);
 - quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ... anything ``gguf.quants`` knows) are
   dequantized to float32 with ``gguf.quants.dequantize``; with ``keep_quantized=True`` the Linear
-  weights of the blocks in Q8_0/Q4_0/Q4_1/Q4_K/Q6_K stay packed (:class:`KeptBlocks`, for
+  weights of the blocks in Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K stay packed (:class:`KeptBlocks`, for
   ``model.quant=keep``): their rows are output features and each row is a run of blocks along the
   input, so the q/k un-permutation moves whole rows and GPT-2's transpose is left to the kernel.
 The config dict uses transformers' names, so ``ModelConfig.from_hf`` reads it unchanged.
@@ -37,6 +39,17 @@ _LLAMA_BLOCK = {
     "ffn_norm": "post_attention_layernorm",
 }
 _LLAMA_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_QWEN3_BLOCK = {
+    **_LLAMA_BLOCK,
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
+_GEMMA_BLOCK = {
+    **_QWEN3_BLOCK,
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 
 _GPT2_BLOCK = {
     "attn_norm": "ln_1",
@@ -59,14 +72,19 @@ _GPT2_CONV1D = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
 _ARCH = {
     "llama": ("llama", _LLAMA_BLOCK, _LLAMA_TOP, "model.layers"),
     "qwen2": ("qwen2", _LLAMA_BLOCK, _LLAMA_TOP, "model.layers"),
+    "qwen3": ("qwen3", _QWEN3_BLOCK, _LLAMA_TOP, "model.layers"),
+    "gemma2": ("gemma2", _GEMMA_BLOCK, _LLAMA_TOP, "model.layers"),
+    "gemma3": ("gemma3_text", _GEMMA_BLOCK, _LLAMA_TOP, "model.layers"),
     "gpt2": ("gpt2", _GPT2_BLOCK, _GPT2_TOP, "transformer.h"),
 }
+_GEMMA = ("gemma2", "gemma3")
 # The Linear weights of a block (the LoRA-targetable kernels), per architecture.
 _PROJECTIONS = {
     "llama": ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"),
     "gpt2": _GPT2_CONV1D,
 }
-_PROJECTIONS["qwen2"] = _PROJECTIONS["llama"]
+for _arch in ("qwen2", "qwen3", *_GEMMA):
+    _PROJECTIONS[_arch] = _PROJECTIONS["llama"]
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(\w+)\.(weight|bias)$")
 _TOP_NAME = re.compile(r"^(\w+)\.(weight|bias)$")
 
@@ -173,6 +191,8 @@ def config_from_metadata(
         "attention_bias": any(n.endswith("attn_q.bias") for n in tensor_names),
         **special,
     }
+    if arch in _GEMMA:
+        config.update(_gemma_config(arch, get, config))
     scaling_type = get("rope.scaling.type", required=False)
     if scaling_type not in (None, "none"):
         config["rope_scaling"] = {
@@ -183,6 +203,34 @@ def config_from_metadata(
         if orig is not None:
             config["rope_scaling"]["original_max_position_embeddings"] = int(orig)
     return config
+
+
+def _gemma_config(arch: str, get: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """What a Gemma GGUF says (or llama.cpp assumes) beyond the Llama fields. llama.cpp
+    (src/llama-model.cpp, LLM_ARCH_GEMMA2/GEMMA3) scales scores by head_dim^-0.5 except for
+    the 27B models (62 / 46 layers: (hidden / heads)^-0.5), hard-codes Gemma 3's sliding
+    pattern (5 sliding layers, then a global one) and its sliding layers' RoPE base (10k)
+    unless the file states them; Gemma 2 alternates and soft-caps."""
+    n, d, h = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    big = n == (62 if arch == "gemma3" else 46)  # the 27B models
+    pattern = get("attention.sliding_window_pattern", 6 if arch == "gemma3" else 2, False)
+    if isinstance(pattern, list):  # newer files: one flag per layer (true = sliding)
+        types = ["sliding_attention" if p else "full_attention" for p in pattern]
+    else:
+        types = [
+            "sliding_attention" if (i + 1) % int(pattern) else "full_attention" for i in range(n)
+        ]
+    out = {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": d // h if big else config["head_dim"],
+        "sliding_window": int(get("attention.sliding_window")),
+        "layer_types": types,
+        "attn_logit_softcapping": get("attn_logit_softcapping", None, False),
+        "final_logit_softcapping": get("final_logit_softcapping", None, False),
+    }
+    if arch == "gemma3":
+        out["rope_local_base_freq"] = float(get("rope.freq_base_swa", 10000.0, False))
+    return out
 
 
 def hf_name(gguf_name: str, arch: str) -> str:
@@ -274,6 +322,8 @@ def load_gguf(
             state[hf_name(tensor.name, arch)] = kept
             continue
         w = dequantize_tensor(tensor)
+        if arch in _GEMMA and tensor.name.endswith("norm.weight"):
+            w = w - np.float32(1.0)  # stored as 1 + w (llama.cpp's norm_shift)
         if arch == "llama" and part in ("attn_q", "attn_k"):
             w = reverse_permute(w, n_head if part == "attn_q" else n_kv)
         elif arch == "gpt2" and part in _GPT2_CONV1D and tensor.name.endswith(".weight"):

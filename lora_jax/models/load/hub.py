@@ -32,7 +32,10 @@ _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 # Hub ids whose config (conf/model/*.yaml) reads a local file from an environment variable
 # first, e.g. ``source: ${oc.env:LORA_JAX_SMOLLM2_GGUF,HuggingFaceTB/SmolLM2-135M-Instruct}``:
 # an error that cannot fetch one names that variable as the way to point the run at a file.
-LOCAL_FILE_ENV = {"HuggingFaceTB/SmolLM2-135M-Instruct": "LORA_JAX_SMOLLM2_GGUF"}
+LOCAL_FILE_ENV = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "LORA_JAX_SMOLLM2_GGUF",
+    "google/gemma-3-270m": "LORA_JAX_GEMMA3_GGUF",
+}
 
 
 def local_hint(repo_id: str) -> str:
