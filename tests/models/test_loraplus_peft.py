@@ -104,41 +104,38 @@ def test_twenty_steps_equal_peft_loraplus(make_tiny_hf_model, tmp_path):
     opt = create_loraplus_optimizer(peft_model, torch.optim.AdamW, lr=OPTIM["lr"],
                                     loraplus_lr_ratio=ratio, loraplus_weight_decay=0.01,
                                     betas=(0.9, 0.999), eps=1e-6)  # fmt: skip
-    tx, _ = build_optimizer(OPTIM | {"loraplus_lr_ratio": ratio}, lora, total_steps=20)
-    step = make_train_step(lm.module, tx)
-    opt_state = tx.init(lora)
-    data = np.random.default_rng(0).integers(0, lm.config.vocab_size, (2, 4, 16)).astype(np.int32)
-    ours, theirs = [], []
+    batches = _batches(lm.config.vocab_size)
+    ours = _our_losses(lm, lora, OPTIM | {"loraplus_lr_ratio": ratio}, batches)
+    theirs = []
     peft_model.train()
-    with jax.default_matmul_precision("highest"):
-        for i in range(20):  # two batches in turn: a loss that can fall
-            ids = data[i % 2]
-            batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                     "loss_mask": np.ones(ids.shape, np.float32)}  # fmt: skip
-            lora, opt_state, m = step(lora, opt_state, lm.params, batch, None)
-            ours.append(float(m["loss"]))
-            t = torch.tensor(ids, dtype=torch.long)
-            loss = peft_model(input_ids=t, labels=t).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            theirs.append(float(loss))
+    for batch in batches:
+        t = torch.tensor(batch["input_ids"], dtype=torch.long)
+        loss = peft_model(input_ids=t, labels=t).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        theirs.append(float(loss))
     assert theirs[-1] < theirs[0] - 0.05  # it trained
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
     # and LoRA+ is not plain LoRA here: the same run at ratio 1 ends elsewhere
-    assert abs(ours[-1] - _plain_final(lm, tmp_path)) > 1e-3
+    plain = _our_losses(lm, load_peft(tmp_path / "peft", lm.config), OPTIM, batches)
+    assert abs(ours[-1] - plain[-1]) > 1e-3
 
 
-def _plain_final(lm, tmp_path) -> float:
-    lora = load_peft(tmp_path / "peft", lm.config)
-    tx, _ = build_optimizer(OPTIM, lora, total_steps=20)
+def _batches(vocab: int) -> list[dict]:
+    """20 steps over two batches in turn: a loss that can fall."""
+    data = np.random.default_rng(0).integers(0, vocab, (2, 4, 16)).astype(np.int32)
+    return [{"input_ids": data[i % 2], "attention_mask": np.ones_like(data[0]),
+             "loss_mask": np.ones(data[0].shape, np.float32)} for i in range(20)]  # fmt: skip
+
+
+def _our_losses(lm, lora, optim: dict, batches: list[dict]) -> list[float]:
+    tx, _ = build_optimizer(optim, lora, total_steps=len(batches))
     step = make_train_step(lm.module, tx)
     opt_state = tx.init(lora)
-    data = np.random.default_rng(0).integers(0, lm.config.vocab_size, (2, 4, 16)).astype(np.int32)
+    losses = []
     with jax.default_matmul_precision("highest"):
-        for i in range(20):  # two batches in turn: a loss that can fall
-            ids = data[i % 2]
-            batch = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                     "loss_mask": np.ones(ids.shape, np.float32)}  # fmt: skip
+        for batch in batches:
             lora, opt_state, m = step(lora, opt_state, lm.params, batch, None)
-    return float(m["loss"])
+            losses.append(float(m["loss"]))
+    return losses
