@@ -9,6 +9,7 @@ composition, by the structured schema (lora_jax.run.schema).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,9 @@ from lora_jax.errors import ConfigError
 
 # the choices of the string-valued keys (the one source: lora_jax.lora.config uses these)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "lora.init": ("gaussian", "kaiming"),
+    # + "pissa_niter_<K>" (PEFT's fast PiSSA: a randomized SVD with K subspace iterations)
+    "lora.init": ("gaussian", "kaiming", "pissa", "olora"),
+    "lora.variant": ("lora", "dora"),
     "lora.scaling": ("standard", "rslora"),
     "optim.name": ("adamw",),
     "optim.schedule": ("linear", "cosine", "constant"),
@@ -92,8 +95,9 @@ def value_problem(key: str, value: Any) -> str | None:
         ok = value == "auto" or isinstance(value, bool)
         return None if ok else f"{key}={value!r}: must be true, false or auto ({SWITCHES[key]})"
     if key in CHOICES:
-        ok = value in CHOICES[key]
-        return None if ok else f"{key}={value!r}: must be one of {', '.join(CHOICES[key])}"
+        ok = value in CHOICES[key] or (key == "lora.init" and pissa_niter(value) is not None)
+        more = " or pissa_niter_<K>" if key == "lora.init" else ""
+        return None if ok else f"{key}={value!r}: must be one of {', '.join(CHOICES[key])}{more}"
     if key not in _BY_KEY:
         return None
     nullable, ok, allowed = _BY_KEY[key]
@@ -104,6 +108,12 @@ def value_problem(key: str, value: Any) -> str | None:
     if key in _INTEGER and value != int(value):
         return f"{key}={value!r}: must be an integer {allowed}"
     return None if ok(value) else f"{key}={value!r}: must be {allowed}"
+
+
+def pissa_niter(init: Any) -> int | None:
+    """K of ``lora.init="pissa_niter_<K>"`` (K >= 0), else None."""
+    m = re.fullmatch(r"pissa_niter_(\d+)", init) if isinstance(init, str) else None
+    return int(m.group(1)) if m else None
 
 
 def check_value(key: str, value: Any) -> None:

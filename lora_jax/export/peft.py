@@ -17,6 +17,14 @@ diagonal (zero rows for a block without an adapter, e.g. k in the paper's q,v se
 doubled). The adapter folder's README.md and ``lora_jax_export.json`` say so; importing such an
 adapter splits it back into blocks (dropping the zero columns, so the ranks round-trip).
 
+Variants. DoRA's magnitude is written as PEFT writes it (``<module>.lora_magnitude_vector``,
+``[out]``, ``use_dora: true``); in a fused kernel a block without an adapter gets its base
+columns' norms (a factor of exactly 1), which needs the base params. PiSSA and OLoRA adapters
+are exported as PEFT converts them for a base that was not modified
+(``save_pretrained(path_initial_model_for_weight_conversion=...)``): the plain LoRA adapter
+``A' = [A; A0]``, ``B' = [B, -B0]`` of rank 2r on the original W (:func:`lora_jax.lora.params.factors`),
+so it loads on the untouched base model; ``lora_jax_export.json`` says so.
+
 Module names come from :func:`lora_jax.models.convert.hf_name` (the mapping used to load
 checkpoints), so they cannot drift from the model code.
 """
@@ -34,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from lora_jax.errors import AdapterMismatch, DataError, MissingFile
-from lora_jax.lora.params import iter_adapters
+from lora_jax.lora.params import factors, iter_adapters
 from lora_jax.lora.targeting import suffix_match
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.convert import hf_name, param_shapes
@@ -64,13 +72,17 @@ def _alpha(scale: float, r: int, rslora: bool) -> float:
 
 
 def to_peft(
-    lora: Mapping[str, Any], cfg: ModelConfig, use_rslora: bool = False
+    lora: Mapping[str, Any],
+    cfg: ModelConfig,
+    use_rslora: bool = False,
+    params: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[int, float]], dict[str, Any]]:
     """LoRA tree -> (PEFT state dict, {module name: (r, alpha)}, fused-module notes).
 
     State dict keys ``base_model.model.<module>.lora_{A,B}.weight``; A ``[r, in]``, B
     ``[out, r]`` float32. ``use_rslora`` states how PEFT should turn alpha into the scale (any
     scale is exported exactly either way; it only changes the alpha values written).
+    ``params`` (the base): needed for a DoRA adapter on some blocks of a fused kernel only.
     """
     modules = lora_modules(cfg)
     by_module: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -83,9 +95,13 @@ def to_peft(
         blocks = modules[_suffix(path)]
         name = module_name(path, cfg)
         present = [b for b in blocks if b in ads]
-        a_s = [np.asarray(ads[b]["a"], np.float32) for b in present]
-        b_s = [np.asarray(ads[b]["b"], np.float32) for b in present]
+        fac = [factors(ads[b]) for b in present]  # PiSSA/OLoRA: the converted rank-2r factors
+        a_s = [np.asarray(a, np.float32) for a, _ in fac]
+        b_s = [np.asarray(b, np.float32) for _, b in fac]
         s_s = [float(np.asarray(ads[b]["scale"])) for b in present]
+        dora = ["m" in ads[b] for b in present]
+        if any(dora) and not all(dora):
+            raise DataError(f"{name}: DoRA on some blocks of a fused kernel and not others")
         big_s = s_s[0]
         if len(blocks) == 1:
             a_t, b_t, r = a_s[0].T, b_s[0].T, a_s[0].shape[1]
@@ -112,8 +128,43 @@ def to_peft(
             }
         state[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_t)
         state[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_t)
+        if any(dora):
+            state[f"{PREFIX}{name}.lora_magnitude_vector"] = _magnitude(
+                ads, blocks, path, params, name
+            )
+        converted = [b for b in present if "a0" in ads[b]]
+        if converted:
+            fused.setdefault(name, {})["converted"] = (
+                f"PiSSA/OLoRA blocks {converted} exported as the plain LoRA adapter PEFT converts "
+                "them to (A' = [A; A0], B' = [B, -B0], rank 2r) for the original base weights"
+            )
         ranks[name] = (r, _alpha(big_s, r, use_rslora))
     return state, ranks, fused
+
+
+def _magnitude(ads, blocks, path, params, name: str) -> np.ndarray:
+    """DoRA's magnitude over the module's whole output (absent blocks of a fused kernel: the
+    base columns' norms, a factor of exactly 1 as PEFT computes it for a zero ΔW)."""
+    parts = []
+    for blk in blocks:
+        if blk in ads:
+            parts.append(np.asarray(ads[blk]["m"], np.float32))
+            continue
+        if params is None:
+            raise DataError(
+                f"{name}: a DoRA adapter on part of a fused kernel needs the base params to "
+                "export (save_peft(..., params=base_params))"
+            )
+        node = params
+        for seg in path:
+            node = node[seg]
+        kernel = node["kernel"]
+        kernel = kernel.dequantize(np.float32) if hasattr(kernel, "dequantize") else kernel
+        w = np.asarray(kernel, np.float32)
+        width = w.shape[1] // len(blocks)
+        i = blocks.index(blk)
+        parts.append(np.linalg.norm(w[:, i * width : (i + 1) * width], axis=0))
+    return np.ascontiguousarray(np.concatenate(parts))
 
 
 def peft_config(
@@ -121,6 +172,7 @@ def peft_config(
     cfg: ModelConfig,
     use_rslora: bool = False,
     base_model_name_or_path: str | None = None,
+    use_dora: bool = False,
 ) -> dict[str, Any]:
     """``adapter_config.json`` for these modules: the most common (r, alpha) as ``r`` /
     ``lora_alpha``, the rest through ``rank_pattern`` / ``alpha_pattern`` keyed by the exact
@@ -151,7 +203,7 @@ def peft_config(
         "bias": "none",
         "fan_in_fan_out": cfg.family == "gpt2",  # GPT-2's Conv1D stores [in, out]
         "init_lora_weights": True,
-        "use_dora": False,
+        "use_dora": use_dora,
         "modules_to_save": None,
         "inference_mode": True,
     }
@@ -163,19 +215,24 @@ def save_peft(
     out_dir: str | Path,
     use_rslora: bool = False,
     base_model_name_or_path: str | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md and
-    ``lora_jax_export.json`` describing fused modules) to ``out_dir``; returns it."""
+    ``lora_jax_export.json`` describing fused modules and converted PiSSA/OLoRA modules) to
+    ``out_dir``; returns it. ``params``: the base, for DoRA on part of a fused kernel."""
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state, ranks, fused = to_peft(lora, cfg, use_rslora)
-    config = peft_config(ranks, cfg, use_rslora, base_model_name_or_path)
+    state, ranks, fused = to_peft(lora, cfg, use_rslora, params)
+    use_dora = any(k.endswith(".lora_magnitude_vector") for k in state)
+    config = peft_config(ranks, cfg, use_rslora, base_model_name_or_path, use_dora)
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     (out / SIDECAR_NAME).write_text(json.dumps({"fused_modules": fused}, indent=2) + "\n")
-    notes = "".join(f"- `{n}`: {f['note']}.\n" for n, f in fused.items())
+    notes = "".join(
+        f"- `{n}`: {f[k]}.\n" for n, f in fused.items() for k in ("note", "converted") if k in f
+    )
     (out / "README.md").write_text(
         "# LoRA adapter exported by lora-jax\n\n"
         "Load with `peft.PeftModel.from_pretrained(base_model, this_folder)`.\n"
@@ -217,7 +274,7 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
     pc = json.loads((folder / CONFIG_NAME).read_text())
     if pc.get("peft_type", "LORA") != "LORA":
         raise DataError(f"{folder} holds a {pc['peft_type']} adapter; only LORA is supported")
-    for key, bad in (("use_dora", True), ("bias", "all"), ("bias", "lora_only")):
+    for key, bad in (("bias", "all"), ("bias", "lora_only")):
         if pc.get(key) == bad:
             raise DataError(f"{folder}: {key}={bad!r} is not supported by lora-jax's LoRA layer")
     if pc.get("modules_to_save"):
@@ -239,6 +296,9 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
             )
         a = np.asarray(state[key], np.float32)  # [R, in]
         b = np.asarray(state[key.replace(".lora_A.", ".lora_B.")], np.float32)  # [out, R]
+        mag = state.get(key.replace(".lora_A.weight", ".lora_magnitude_vector"))
+        if pc.get("use_dora") and mag is None:
+            raise DataError(f"{folder}: use_dora is set but {name} has no lora_magnitude_vector")
         r = a.shape[0]
         alpha = _pattern(pc.get("alpha_pattern") or {}, name) or pc.get("lora_alpha", 8)
         scale = np.float32(alpha / (math.sqrt(r) if rslora else r))
@@ -252,12 +312,14 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
             b_blk = b[i * width : (i + 1) * width].T  # [R, width]
             keep = np.any(b_blk != 0, axis=1) if len(blocks) > 1 else np.ones(r, bool)
             if not keep.any():
-                continue
+                continue  # (DoRA: such a block's magnitude is its base norm, a factor of 1)
             node[blk] = {
                 "a": np.ascontiguousarray(a.T[:, keep]),
                 "b": np.ascontiguousarray(b_blk[keep]),
                 "scale": scale,
             }
+            if mag is not None:
+                node[blk]["m"] = np.asarray(mag[i * width : (i + 1) * width], np.float32)
     if not tree:
         raise DataError(f"{folder}/{WEIGHTS_NAME} holds no lora_A/lora_B tensors")
     return tree

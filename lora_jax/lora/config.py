@@ -36,6 +36,7 @@ PEFT_NAMES = {
     "lora_dropout": "dropout",
     "init_lora_weights": "init",
     "use_rslora": "scaling",
+    "use_dora": "variant",
 }
 SCALINGS = CHOICES["lora.scaling"]
 
@@ -67,6 +68,17 @@ class LoraConfig:
     The choice changes how the first update scales with r: with α/r scaling, ‖ΔW‖_F after one
     Adam step goes as r^-1/2 under kaiming and r^-3/2 under gaussian
     (tests/lora/test_init_scale.py).
+    PEFT's data-dependent inits (the frozen base is not modified: the adapter keeps its initial
+    factors ``a0``, ``b0`` as frozen data and the layer adds ``-s·(x·a0)·b0``, which is
+    ``x·W_res`` with PEFT's residual ``W_res = W - s·B0·A0``; lora_jax/lora/layer.py):
+    "pissa" (Meng et al. 2024; PEFT ``init_lora_weights="pissa"``): A, B from the top-r SVD of
+    W, ``A = diag(√(S/s))·Uᵀ``, ``B = V·diag(√(S/s))``; "pissa_niter_<K>" the same from a
+    randomized SVD with K subspace iterations (PEFT's fast form; the random draw is ours, so it
+    equals PEFT's only up to that draw); "olora" (Büyükakyüz 2024; PEFT ``"olora"``): A, B from
+    W's QR, ``B = Q[:, :r]``, ``A = R[:r]``.
+    variant: "lora" or "dora" (Liu et al. 2024; PEFT ``use_dora=True``): a trainable magnitude
+    ``m`` per output column, ``y = m/‖W + s·A·B‖_col · (x·W + s·(x·A)·B) + bias``, the norm
+    detached from the gradient as in PEFT (DoRA §4.3) and computed without forming W + s·A·B.
     scaling: "standard" (α/r, the paper) or "rslora" (α/√r, Kalajdzievski 2023).
     rank_pattern / alpha_pattern: {regex: value} overrides per module, matched like PEFT's
     (the regex must match a suffix of the module id ending at a "." boundary).
@@ -80,6 +92,7 @@ class LoraConfig:
     dropout: float = 0.0
     # PEFT LoraConfig.init_lora_weights=True (huggingface/peft src/peft/tuners/lora/config.py)
     init: str = "kaiming"
+    variant: str = "lora"  # "dora": PEFT's use_dora=True
     scaling: str = "standard"
     rank_pattern: Mapping[str, int] = dataclasses.field(default_factory=dict)
     alpha_pattern: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -92,7 +105,7 @@ class LoraConfig:
                 "rank). Give a number: 8 (the default, PEFT's), or lora.alpha=<r> for scale 1"
             )
         # the same table and messages as the app's check before loading (lora_jax.ranges)
-        for key in ("r", "alpha", "dropout", "init", "scaling"):
+        for key in ("r", "alpha", "dropout", "init", "variant", "scaling"):
             check_value(f"lora.{key}", getattr(self, key))
         if isinstance(self.targets, str):
             if not self.targets:

@@ -14,6 +14,14 @@ The lora collection at this scope: ``{block: {"a": [in, r], "b": [r, out / n_blo
 "scale": []}}``. ``scale`` (α/r or α/√r) is data, not a trainable parameter: it is wrapped in
 ``stop_gradient`` and labelled frozen by :func:`lora_jax.lora.optim.trainable_labels`.
 
+Variants (lora_jax.lora.params): PiSSA/OLoRA adapters carry their initial factors ``a0``, ``b0``
+and the branch runs on ``[a, a0]`` and ``[b; -b0]`` (so the base acts as PEFT's residual
+``W - s·A0·B0`` while the stored, shared, possibly quantized W is untouched). DoRA adds a
+magnitude ``m`` per output column: the block's output is ``f·(x·W) + bias + f·s·(x·A)·B`` with
+``f = m / ‖W + s·A·B‖`` (PEFT's ``DoraLinearLayer.forward``; the norm is detached, DoRA §4.3,
+and computed from ``AᵀW`` and ``AᵀA`` without forming ``W + s·A·B``). With dropout active,
+as in PEFT, the ``(f - 1)·x·W`` correction uses the dropped-out input.
+
 The branch has a hand-written backward (:func:`lora_delta`, a ``jax.custom_vjp``): with
 ``h = x·A`` kept from the forward, ``dB = s·hᵀg``, ``dA = (s·(g·Bᵀ))ᵀ·x`` transposed and
 ``dx = s·(g·Bᵀ)·Aᵀ``, each contracting over tokens with only small ``[tokens, r]`` /
@@ -30,7 +38,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lora_jax.quant import frozen_dot
+from lora_jax.lora.params import dora_norm, factors
+from lora_jax.quant import frozen_dot, is_quantized
 
 Dtype = Any
 
@@ -75,7 +84,8 @@ class LoraDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         # x·W with the frozen kernel; a quantized one (QLoRA) is dequantized on the fly.
-        y = frozen_dot(self, x, self.features, self.kernel_init, self.param_dtype, self.dtype)
+        y0 = frozen_dot(self, x, self.features, self.kernel_init, self.param_dtype, self.dtype)
+        y = y0
         x = x.astype(self.dtype)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
@@ -93,8 +103,19 @@ class LoraDense(nn.Module):
         for name in present:
             ad = self.get_variable("lora", name)
             scale = jax.lax.stop_gradient(ad["scale"]).astype(self.dtype)
-            a, b = ad["a"].astype(self.dtype), ad["b"].astype(self.dtype)
+            a, b = factors(ad, self.dtype)
             deltas[name] = lora_delta(xd, a, b, scale)
+            if "m" in ad:  # DoRA: the block's y + (f - 1)·x·W + f·s·(x·A)·B
+                j = self.blocks.index(name)
+                cols = slice(j * width, (j + 1) * width)
+                w = self.get_variable("params", "kernel")
+                w = w.dequantize(jnp.float32) if is_quantized(w) else w
+                w = w[:, cols]
+                norm = jax.lax.stop_gradient(dora_norm(w, a, b, ad["scale"]))
+                f = (ad["m"].astype(jnp.float32) / norm).astype(self.dtype)
+                base = y0[..., cols] if xd is x else jnp.dot(xd, w.astype(self.dtype))
+                # PEFT: result + (f - 1)·base_result + f·s·lora_B(lora_A(x))
+                deltas[name] = (f - 1) * base + f * deltas[name]
         if len(self.blocks) == 1:
             return y + deltas[self.blocks[0]]
         parts = jnp.split(y, len(self.blocks), axis=-1) if width else [y]

@@ -1,7 +1,8 @@
 """The trainable/frozen split as one label tree, and the optax transform built from it.
 
 Only the LoRA tree is ever differentiated (the frozen base is a closed-over input of the
-loss), so the label tree covers the LoRA tree: A and B are "trainable"; ``scale`` is "frozen".
+loss), so the label tree covers the LoRA tree: A, B and DoRA's magnitude ``m`` are
+"trainable"; ``scale`` and PiSSA/OLoRA's initial factors ``a0``/``b0`` are "frozen".
 ``optax.multi_transform`` gives frozen leaves ``set_to_zero`` (no state, zero update) and the
 inner optimizer sees them as ``MaskedNode``s, so it allocates no moments for them.
 
@@ -25,19 +26,19 @@ TRAINABLE, FROZEN = "trainable", "frozen"
 
 
 def trainable_labels(lora: Mapping[str, Any]) -> Any:
-    """Same structure as ``lora``: "trainable" for A/B leaves, "frozen" for everything else."""
+    """Same structure as ``lora``: "trainable" for A/B/m leaves, "frozen" for everything else."""
 
     def label(path, _leaf):
         last = path[-1]
         name = getattr(last, "key", getattr(last, "name", None))
-        return TRAINABLE if name in ("a", "b") else FROZEN
+        return TRAINABLE if name in ("a", "b", "m") else FROZEN
 
     return jax.tree_util.tree_map_with_path(label, lora)
 
 
 def _is_b(path: tuple, leaf: Any) -> bool:
     last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None)) == "b" or jax.numpy.ndim(leaf) == 1
+    return getattr(last, "key", getattr(last, "name", None)) in ("b", "m")
 
 
 def scale_b_updates(tx: optax.GradientTransformation, ratio: Any) -> optax.GradientTransformation:

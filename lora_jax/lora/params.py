@@ -5,6 +5,9 @@ Layout, mirroring the frozen params' module scopes (see lora_jax/lora/layer.py):
     lora["h_3"]["attn"]["c_attn"]["q"] = {"a": [in, r], "b": [r, out_block], "scale": []}
 
 A and B are float32 whatever the frozen base's dtype. ``scale`` is data (α/r or α/√r).
+Variants add leaves: ``m`` [out_block] (DoRA's magnitude, trainable) and ``a0``/``b0`` (PiSSA's
+or OLoRA's initial factors, frozen data: the layer subtracts ``s·(x·a0)·b0``, so the base
+behaves as PEFT's residual ``W - s·A0·B0`` while the stored base stays W; lora/layer.py).
 """
 
 from __future__ import annotations
@@ -20,8 +23,76 @@ import numpy as np
 from lora_jax.lora.config import LoraConfig
 from lora_jax.lora.targeting import Target, resolve
 from lora_jax.quant import is_quantized
+from lora_jax.ranges import pissa_niter
 
 LoraTree = dict[str, Any]
+
+
+def factors(ad: Mapping[str, Any], dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """The branch's factors ``(A', B')`` with ``s·A'·B'`` the adapter's ΔW on the base W:
+    ``(a, b)``, or ``([a, a0], [b; -b0])`` (rank 2r) when it carries PiSSA/OLoRA's initial
+    factors (the residual's offset); this is also the plain-LoRA adapter PEFT converts a PiSSA
+    or OLoRA adapter to (``save_pretrained(path_initial_model_for_weight_conversion=...)``)."""
+    a, b = ad["a"].astype(dtype), ad["b"].astype(dtype)
+    if "a0" in ad:  # frozen data (no gradient flows to it)
+        a0, b0 = jax.lax.stop_gradient(ad["a0"]), jax.lax.stop_gradient(ad["b0"])
+        a = jnp.concatenate([a, a0.astype(dtype)], axis=-1)
+        b = jnp.concatenate([b, -b0.astype(dtype)], axis=-2)
+    return a, b
+
+
+def dora_norm(
+    w: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array, colsq: jax.Array | None = None
+) -> jax.Array:
+    """``‖W + s·A·B‖`` per output column (DoRA's weight norm) without forming ``W + s·A·B``:
+    ``‖w_j‖² + 2s·(AᵀW ⊙ B)_j + s²·(B ⊙ AᵀA·B)_j`` summed over the rank axis. w: [in, out],
+    a: [in, r], b: [r, out] -> [out] (float32 math). ``colsq``: ``Σ_i w_ij²`` if known."""
+    w, a, b = w.astype(jnp.float32), a.astype(jnp.float32), b.astype(jnp.float32)
+    s = jnp.asarray(scale, jnp.float32)
+    colsq = jnp.sum(w * w, axis=0) if colsq is None else colsq
+    cross = jnp.sum(jnp.dot(a.T, w) * b, axis=0)
+    quad = jnp.sum(b * jnp.dot(jnp.dot(a.T, a), b), axis=0)
+    return jnp.sqrt(jnp.maximum(colsq + 2.0 * s * cross + s * s * quad, 0.0))
+
+
+def _kernel_block(params: Mapping[str, Any], t: Target) -> jax.Array:
+    """The frozen kernel's column block of target ``t`` as float32 [in, out_block]."""
+    kernel = _get(params, t.path)["kernel"]
+    if is_quantized(kernel):
+        kernel = kernel.dequantize(jnp.float32)
+    width = kernel.shape[-1] // t.n_blocks
+    return jnp.asarray(kernel, jnp.float32)[:, t.block * width : (t.block + 1) * width]
+
+
+def _randomized_svd(key: jax.Array, w: jax.Array, r: int, niter: int):
+    """torch.svd_lowrank(w, q=r, niter) (Halko et al. 2011, alg. 4.4 as torch implements it,
+    torch/_lowrank.py get_approximate_basis): the top-r U, S, V of w from a Gaussian sketch
+    and ``niter`` QR-orthonormalized subspace iterations."""
+    q = jnp.linalg.qr(w @ jax.random.normal(key, (w.shape[1], r), w.dtype))[0]
+    for _ in range(niter):
+        q = jnp.linalg.qr(w.T @ q)[0]
+        q = jnp.linalg.qr(w @ q)[0]
+    u, s, vh = jnp.linalg.svd(q.T @ w, full_matrices=False)
+    return q @ u, s, vh.T
+
+
+def _data_init(key: jax.Array, w: jax.Array, t: Target, how: str) -> tuple[jax.Array, jax.Array]:
+    """PiSSA / OLoRA factors ``(a [in, r], b [r, out])`` of one kernel block ``w`` [in, out], as
+    PEFT computes them on its ``[out, in]`` weight ``W_p = wᵀ`` (huggingface/peft
+    src/peft/tuners/lora/layer.py ``pissa_init``, ``olora_init``), float32."""
+    wp = w.T  # PEFT's [out, in]
+    if how == "olora":
+        q, rr = jnp.linalg.qr(wp)  # reduced: Q [out, k], R [k, in]
+        return rr[: t.r].T, q[:, : t.r].T  # A = R[:r] -> a = Aᵀ; B = Q[:, :r] -> b = Bᵀ
+    niter = pissa_niter(how)
+    if niter is None:  # "pissa": the exact SVD, W_p = V·diag(S)·Uh
+        v, sv, uh = jnp.linalg.svd(wp, full_matrices=False)
+        v, sv, uh = v[:, : t.r], sv[: t.r], uh[: t.r]
+    else:
+        v, sv, u = _randomized_svd(key, wp, t.r, niter)
+        uh = u.T
+    root = jnp.sqrt(sv / t.scale)
+    return (root[:, None] * uh).T, (v * root[None, :]).T  # A = diag(√(S/s))·Uh, B = V·diag(√(S/s))
 
 
 def init(
@@ -40,6 +111,9 @@ def init(
       U(-1/√in, 1/√in), whatever r;
       "gaussian": PEFT's init_lora_weights="gaussian", N(0, (1/r)²).
     B = 0 (paper §4.1), so ΔW = s·A·B = 0 at initialization.
+    "pissa" / "pissa_niter_<K>" / "olora": A and B from the frozen block's SVD / QR (see
+    :func:`_data_init`); the adapter keeps them as ``a0``, ``b0`` too, so ΔW = s·(AB - A0B0) = 0.
+    ``cfg.variant == "dora"`` adds ``m = ‖W + s·A'·B'‖`` per column (= ‖W‖ at init), PEFT's.
     """
     targets = resolve(cfg, params, lora_modules)
     keys = jax.random.split(rng, len(targets))
@@ -48,9 +122,18 @@ def init(
         if cfg.init == "kaiming":
             bound = 1.0 / math.sqrt(t.d_in)  # fan_in = in
             a = jax.random.uniform(key, (t.d_in, t.r), jnp.float32, -bound, bound)
-        else:  # "gaussian" (LoraConfig checks the name)
+            b = jnp.zeros((t.r, t.d_out), jnp.float32)
+        elif cfg.init == "gaussian":
             a = jax.random.normal(key, (t.d_in, t.r), jnp.float32) / t.r
-        leaf = {"a": a, "b": jnp.zeros((t.r, t.d_out), jnp.float32), "scale": jnp.float32(t.scale)}
+            b = jnp.zeros((t.r, t.d_out), jnp.float32)
+        else:  # pissa, pissa_niter_<K>, olora (LoraConfig checks the name)
+            a, b = _data_init(key, _kernel_block(params, t), t, cfg.init)
+        leaf = {"a": a, "b": b, "scale": jnp.float32(t.scale)}
+        if cfg.init not in ("kaiming", "gaussian"):
+            leaf |= {"a0": a, "b0": b}
+        if cfg.variant == "dora":
+            a_, b_ = factors(leaf)
+            leaf["m"] = dora_norm(_kernel_block(params, t), a_, b_, leaf["scale"])
         node = tree
         for seg in t.path:
             node = node.setdefault(seg, {})
@@ -85,12 +168,21 @@ def _blocks_of(
     )
 
 
-def delta(ad: Mapping[str, Any]) -> jax.Array:
-    """ΔW = s·A·B for one adapter: [in, out_block], float32 (layers stacked by
+def delta(ad: Mapping[str, Any], w: jax.Array | None = None) -> jax.Array:
+    """ΔW of one adapter on its kernel block: [in, out_block], float32 (layers stacked by
     ``lora_jax.models.layers.stack_layers``: a [L, in, r], b [L, r, out], scale [L] ->
-    [L, in, out_block])."""
-    scale = jnp.asarray(ad["scale"], jnp.float32)[..., None, None]
-    return scale * (ad["a"].astype(jnp.float32) @ ad["b"].astype(jnp.float32))
+    [L, in, out_block]). LoRA: ``s·A·B`` (``s·(AB - A0B0)`` for PiSSA/OLoRA: the change from
+    the base W). DoRA needs the base block ``w``: ``m/‖W + s·A'B'‖ · (W + s·A'B') - W``."""
+    scale = jnp.asarray(ad["scale"], jnp.float32)
+    a, b = factors(ad)
+    d = scale[..., None, None] * (a @ b)
+    if "m" not in ad:
+        return d
+    if w is None:
+        raise ValueError("a DoRA adapter's ΔW needs its base kernel block (delta(ad, w))")
+    w = jnp.asarray(w, jnp.float32)
+    norm = jax.vmap(dora_norm)(w, a, b, scale) if w.ndim == 3 else dora_norm(w, a, b, scale)
+    return (ad["m"].astype(jnp.float32) / norm)[..., None, :] * (w + d) - w
 
 
 def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sign: float) -> dict:
@@ -103,7 +195,14 @@ def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sig
             kernel = kernel.dequantize(jnp.float32)
         width = kernel.shape[-1] // len(blocks)  # kernel [in, out] (or stacked [L, in, out])
         i = blocks.index(name)
-        new = kernel.astype(jnp.float32).at[..., i * width : (i + 1) * width].add(sign * delta(ad))
+        cols = slice(i * width, (i + 1) * width)
+        k32 = kernel.astype(jnp.float32)
+        if "m" in ad and sign < 0:  # DoRA: W' = f·(W + ΔW) with f = m/‖W + ΔW‖ -> solve for W
+            raise ValueError(
+                "a DoRA adapter cannot be unmerged from the merged kernel alone (its column "
+                "norms are of the unmerged weight); keep the base params and merge again"
+            )
+        new = k32.at[..., cols].add(sign * delta(ad, k32[..., cols]))
         module["kernel"] = new.astype(kernel.dtype)
     return out
 
@@ -124,5 +223,8 @@ def count_params(tree: Any) -> int:
 
 
 def count_trainable(lora: Mapping[str, Any]) -> int:
-    """A and B entries only (``scale`` is data, not a parameter)."""
-    return int(sum(ad["a"].size + ad["b"].size for _, _, ad in iter_adapters(lora)))
+    """A, B and DoRA's ``m`` entries (``scale``, ``a0``, ``b0`` are data, not parameters)."""
+    return int(
+        sum(ad["a"].size + ad["b"].size + (ad["m"].size if "m" in ad else 0)
+            for _, _, ad in iter_adapters(lora))
+    )  # fmt: skip

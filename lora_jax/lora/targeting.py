@@ -63,10 +63,11 @@ class Target(Candidate):
     r: int = 0
     alpha: float = 0.0
     scale: float = 0.0
+    dora: bool = False  # lora.variant=dora: a trainable magnitude per output column
 
     @property
     def num_params(self) -> int:
-        return (self.d_in + self.d_out) * self.r
+        return (self.d_in + self.d_out) * self.r + (self.d_out if self.dora else 0)
 
 
 def module_id(path: tuple[str, ...]) -> str:
@@ -206,7 +207,15 @@ def resolve(
                 f"be <= {min(c.d_in, c.d_out)} (set lora.r or lora.rank_pattern lower)"
             )
         alpha = cfg.alpha_for(r, _pattern_value(cfg.alpha_pattern, c))
-        out.append(Target(**dataclasses.asdict(c), r=r, alpha=alpha, scale=cfg.scale(r, alpha)))
+        out.append(
+            Target(
+                **dataclasses.asdict(c),
+                r=r,
+                alpha=alpha,
+                scale=cfg.scale(r, alpha),
+                dora=cfg.variant == "dora",
+            )
+        )
     if not out:
         raise ConfigError(
             f"lora.targets {cfg.targets!r} with lora.exclude_modules={cfg.exclude_modules!r} "

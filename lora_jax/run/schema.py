@@ -75,9 +75,8 @@ class LoraCfg:
     exclude_modules: Any = None  # PEFT's: list of names/suffixes or one regex string
     layers: Any = None  # PEFT's layers_to_transform: int or list of layer indices
     dropout: float = 0.0
-    init: str = (
-        "kaiming"  # PEFT's init_lora_weights=True: A ~ U(±1/√in), B = 0 (gaussian: A ~ N(0, 1/r²))
-    )
+    init: str = "kaiming"  # PEFT's init_lora_weights=True: A ~ U(±1/√in), B = 0 (gaussian: A ~ N(0, 1/r²))  # also "pissa", "pissa_niter_<K>", "olora" (PEFT's data-dependent inits)
+    variant: str = "lora"  # "dora": PEFT's use_dora=True (a trainable magnitude per column)
     scaling: str = "standard"
     # regex → value; new keys need no `+`: 'lora.rank_pattern={h_0\.attn:4}' (see README)
     rank_pattern: dict[str, int] = field(default_factory=lambda: _open_dict())
