@@ -130,7 +130,7 @@ def init(
             a, b = _data_init(key, _kernel_block(params, t), t, cfg.init)
         leaf = {"a": a, "b": b, "scale": jnp.float32(t.scale)}
         if cfg.init not in ("kaiming", "gaussian"):
-            leaf |= {"a0": a, "b0": b}
+            leaf |= {"a0": jnp.copy(a), "b0": jnp.copy(b)}  # own buffers (steps donate a, b)
         if cfg.variant == "dora":
             a_, b_ = factors(leaf)
             leaf["m"] = dora_norm(_kernel_block(params, t), a_, b_, leaf["scale"])

@@ -10,10 +10,18 @@ Job k with rank r on that slot has ``a[k, :, :r]``, ``b[k, :r, :]`` and its own 
 columns of A, rows of B and whole absent slots are zero (scale 0 too) with mask 0. With
 A_pad = 0 and B_pad = 0 the padding adds exact zeros to the output and receives exactly zero
 gradients; the step still multiplies updates by the mask so this holds for any optimizer.
+
+Variants: PiSSA/OLoRA's frozen ``a0`` / ``b0`` are padded like A / B (zeros: no offset for a
+job without them, so these inits mix freely with others in a pack). DoRA's ``m`` is ``[K, out]``;
+a pack is all-DoRA or DoRA-free (lora.variant is a shared key of lora_jax.run.packs), and a
+DoRA job without an adapter on a slot gets ``m`` = the base columns' norm (mask 0): with A = B =
+0 its factor ``m/‖W‖`` is exactly 1, which needs the base (``stack(trees, base=(params,
+lora_modules))``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,36 +56,88 @@ def slots(trees: Sequence[Mapping[str, Any]]) -> dict[Slot, tuple[int, int, int]
     return out
 
 
-def stack(trees: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """K LoRA trees -> (stacked tree, trainable mask), both float32 with a leading K axis."""
+def put(slot: Mapping[str, Any], key: str, k: int, value: Any) -> None:
+    """Write job ``k``'s leaf ``key`` (its own rank) into a stacked slot of host arrays."""
+    value = np.asarray(value)
+    if key in ("a", "a0"):
+        slot[key][k, :, : value.shape[1]] = value
+    elif key in ("b", "b0"):
+        slot[key][k, : value.shape[0], :] = value
+    else:  # scale [], m [out]
+        slot[key][k] = value
+
+
+def take(slot: Mapping[str, Any], key: str, k: int, r: int) -> Any:
+    """Job ``k``'s leaf ``key`` at rank ``r`` out of a stacked slot (a moment tree's frozen
+    leaves are no arrays, MaskedNode: returned as they are)."""
+    x = slot[key]
+    if not hasattr(x, "shape"):
+        return x
+    if key in ("a", "a0"):
+        return x[k, :, :r]
+    if key in ("b", "b0"):
+        return x[k, :r, :]
+    return x[k]
+
+
+def _base_norm(base: Any, path: tuple[str, ...], name: str) -> np.ndarray:
+    from lora_jax.lora.params import _blocks_of, _get, dora_norm
+
+    if base is None:
+        raise ValueError(
+            f"a DoRA job of this pack has no adapter on {'/'.join(path)}/{name}: stacking it "
+            "needs the base params (stack(trees, base=(params, lora_modules)))"
+        )
+    params, modules = base
+    layer = re.match(r"^(.+)_(\d+)$", path[0])
+    if path[0] not in params and layer and layer[1] in params:  # trainer.scan: [L, ...] leaves
+        kernel = _get(params[layer[1]], path[1:])["kernel"]
+        kernel = kernel.dequantize(jnp.float32) if hasattr(kernel, "dequantize") else kernel
+        kernel = kernel[int(layer[2])]
+    else:
+        kernel = _get(params, path)["kernel"]
+        kernel = kernel.dequantize(jnp.float32) if hasattr(kernel, "dequantize") else kernel
+    blocks = _blocks_of(path, modules)
+    width = kernel.shape[-1] // len(blocks)
+    i = blocks.index(name)
+    w = jnp.asarray(kernel, jnp.float32)[:, i * width : (i + 1) * width]
+    zero_a, zero_b = jnp.zeros((w.shape[0], 1)), jnp.zeros((1, w.shape[1]))
+    return np.asarray(dora_norm(w, zero_a, zero_b, 0.0))  # the layer's own formula: f = 1
+
+
+def stack(
+    trees: Sequence[Mapping[str, Any]], base: Any = None, shapes_only: bool = False
+) -> tuple[dict, dict]:
+    """K LoRA trees -> (stacked tree, trainable mask), both float32 with a leading K axis.
+    ``base``: ``(params, lora_modules)``, needed when a DoRA job lacks a slot another has
+    (``shapes_only``: only the layout is wanted, e.g. a memory estimate: no values needed)."""
     k = len(trees)
+    dora = {any("m" in ad for _, _, ad in iter_adapters(t)) for t in trees}
+    if len(dora) > 1:
+        raise ValueError(
+            "DoRA and plain LoRA jobs cannot share a pack (lora.variant differs); "
+            "lora_jax.run.packs puts them in separate packs"
+        )
     stacked: dict = {}
     mask: dict = {}
     for (path, name), (d_in, r_max, d_out) in slots(trees).items():
-        a = np.zeros((k, d_in, r_max), np.float32)
-        b = np.zeros((k, r_max, d_out), np.float32)
-        scale = np.zeros((k,), np.float32)
-        ma, mb = np.zeros_like(a), np.zeros_like(b)
-        for j, tree in enumerate(trees):
-            ad = find_slot(tree, path, name)
-            if ad is None:
-                continue  # absent: zeros, never updated
-            r = ad["a"].shape[1]
-            a[j, :, :r], b[j, :r, :] = np.asarray(ad["a"]), np.asarray(ad["b"])
-            scale[j] = np.asarray(ad["scale"])
-            ma[j, :, :r], mb[j, :r, :] = 1.0, 1.0
-        _set(
-            stacked,
-            path,
-            name,
-            {"a": jnp.asarray(a), "b": jnp.asarray(b), "scale": jnp.asarray(scale)},
-        )
-        _set(
-            mask,
-            path,
-            name,
-            {"a": jnp.asarray(ma), "b": jnp.asarray(mb), "scale": jnp.zeros((k,), jnp.float32)},
-        )
+        present = [find_slot(t, path, name) for t in trees]
+        keys = {key for ad in present if ad is not None for key in ad}
+        shapes = {"a": (d_in, r_max), "b": (r_max, d_out), "scale": (), "m": (d_out,),
+                  "a0": (d_in, r_max), "b0": (r_max, d_out)}  # fmt: skip
+        slot = {key: np.zeros((k, *shapes[key]), np.float32) for key in keys}
+        mslot = {key: np.zeros((k, *shapes[key]), np.float32) for key in keys}
+        for j, ad in enumerate(present):
+            if ad is None:  # absent: zeros, never updated (DoRA: a factor of exactly 1)
+                if "m" in keys and not shapes_only:
+                    slot["m"][j] = _base_norm(base, path, name)
+                continue
+            for key in ad:
+                put(slot, key, j, ad[key])
+                if key in ("a", "b", "m"):
+                    put(mslot, key, j, np.ones_like(np.asarray(ad[key])))
+        _set(stacked, path, name, {key: jnp.asarray(v) for key, v in slot.items()})
+        _set(mask, path, name, {key: jnp.asarray(v) for key, v in mslot.items()})
     return stacked, mask
 
 
@@ -88,9 +148,7 @@ def unstack(stacked: Mapping[str, Any], k: int, like: Mapping[str, Any]) -> dict
     for path, name, ad in iter_adapters(like):
         s = find_slot(stacked, path, name)
         r = ad["a"].shape[1]
-        scale = s["scale"]  # an optimizer state's moments hold no array here (MaskedNode)
-        scale = scale[k] if hasattr(scale, "shape") else scale
-        _set(out, path, name, {"a": s["a"][k, :, :r], "b": s["b"][k, :r, :], "scale": scale})
+        _set(out, path, name, {key: take(s, key, k, r) for key in ad})
     return out
 
 

@@ -59,7 +59,7 @@ def evaluate_adapters(
             jax.random.PRNGKey(0), lm.params, LoraConfig.from_dict(lcfg), lora_modules(lm.config)
         )
         trees.append(load_adapter(d / "checkpoints", template)[0])
-    stacked, _ = stack(trees)
+    stacked, _ = stack(trees, base=(lm.params, lora_modules(lm.config)))
     task = build_task(cfg0.task, dirs[0])
     items = task.eval_groups(task.load("eval"))
     limit = max_eval_items or cfg0.task.max_eval_items

@@ -79,7 +79,7 @@ def step_memory(
     ``trees`` (each slot at the largest rank any tree gives it). ``frozen``: the base in the
     step's layout (stacked with ``scan_prefix``), arrays or ShapeDtypeStructs; ``batch_shape``:
     ``[B, T]`` (with ``packed_rows``: B rows of packed examples). Nothing is run."""
-    union, _ = stack(trees)
+    union, _ = stack(trees, shapes_only=True)
     lora = _abstract(union, k)
     dt = jnp.float32  # lora_jax.train.packed_step.job_hyperparams
     hp = {n: jax.ShapeDtypeStruct((k,), dt) for n in HP_KEYS}

@@ -128,12 +128,14 @@ class StackedAdapters:
 
     def __init__(self, jobs: Sequence[Any], module: Any, *, dropout: bool, label_smoothing: float,
                  loss_chunk: int | None, scan_prefix: str | None, grad_accum: int,
-                 total_updates: int, mesh: Any = None, mesh_rule: str = "replicated") -> None:  # fmt: skip
+                 total_updates: int, mesh: Any = None, mesh_rule: str = "replicated",
+                 base: Any = None) -> None:  # fmt: skip
         from omegaconf import OmegaConf
 
         self.jobs, self.k, self.mesh, self.rule = list(jobs), len(jobs), mesh, mesh_rule
         self.accum = grad_accum
-        self.lora, self.mask = stack([j.tree for j in jobs])
+        self.base = base  # (params, lora_modules): a DoRA pack's absent slots (lora.stack)
+        self.lora, self.mask = stack([j.tree for j in jobs], base)
         self.hp = job_hyperparams(
             [OmegaConf.to_container(j.cfg.optim) for j in jobs], [j.lr_fn for j in jobs],
             total_updates,
@@ -149,7 +151,7 @@ class StackedAdapters:
     def restore(self, step: int | None) -> tuple[int, list[dict]]:
         """Every job's checkpoint of ``step`` (the newest step all of them hold), restacked."""
         restored = [j.ckpt.restore(j.tree, j.tx.init(j.tree), step=step) for j in self.jobs]
-        self.lora, _ = stack([r[0] for r in restored])
+        self.lora, _ = stack([r[0] for r in restored], self.base)
         self.opt = stack_states(self.opt, [r[1] for r in restored], [j.tree for j in self.jobs],
                                 set(self.lora))  # fmt: skip
         self.opt = jax.tree.map(jnp.asarray, self.opt)

@@ -230,13 +230,18 @@ class Engine:
             print_metrics(self.jobs[0].metrics)
             return
         self.adapters = (OneAdapter(live, self.module, **kw) if self.strict else
-                      StackedAdapters(live, self.module, grad_accum=1, total_updates=1, **kw))  # fmt: skip
+                      StackedAdapters(live, self.module, grad_accum=1, total_updates=1,
+                                      base=self._base(), **kw))  # fmt: skip
         self.slots = live
         self.evaluate("eval", None)
         if self.strict:
             print_metrics(self.jobs[0].metrics)
 
     # ------------------------------------------------------------------ 3. adapters, mesh
+    def _base(self) -> tuple:
+        """(frozen params, LoRA module map): what a DoRA pack's stacking may need."""
+        return self.lm.params, lora_modules(self.lm.config)
+
     def build_adapters(self) -> None:
         cfg, tcfg, live = self.cfg, self.tcfg, self.live()
         self.mesh = None  # lora_jax.train.sharding; None: one device, plain jit
@@ -256,7 +261,8 @@ class Engine:
             self.adapters = OneAdapter(live, self.module, **kw)
         else:
             self.adapters = StackedAdapters(live, self.module, grad_accum=self.accum,
-                                            total_updates=self.updates, **kw)  # fmt: skip
+                                            total_updates=self.updates, base=self._base(),
+                                            **kw)  # fmt: skip
         self.slots = live  # slot k of the adapters is job slots[k]
         self.eval_loss = self.adapters.eval_loss_fn(self.lm.module)
 

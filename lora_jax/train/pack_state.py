@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from lora_jax.lora.params import iter_adapters
-from lora_jax.lora.stack import find_slot, unstack
+from lora_jax.lora.stack import find_slot, put, unstack
 
 
 def _lora_shaped(top: set) -> Any:
@@ -93,10 +93,10 @@ def stack_states(
         out = jax.tree.map(np.array, node)  # host copies to fill
         for k, tree in enumerate(own):
             for path, name, ad in iter_adapters(tree):
-                slot, r = find_slot(out, path, name), ad["a"].shape[1]
-                slot["a"][k, :, :r], slot["b"][k, :r, :] = ad["a"], ad["b"]
-                if hasattr(ad["scale"], "shape"):  # moments: MaskedNode, no array
-                    slot["scale"][k] = ad["scale"]
+                slot = find_slot(out, path, name)
+                for key, value in ad.items():
+                    if hasattr(value, "shape"):  # moments: frozen leaves are MaskedNode
+                        put(slot, key, k, value)
         return out
 
     return jax.tree.map(fill, fresh, *packed, is_leaf=lora_shaped)

@@ -6,7 +6,8 @@ metrics)``: ``lora``/``opt_state``/``mask``/``hp``/``keys``/``ok`` carry a leadi
 
 Per job, the step is the solo one (lora_jax.train.step) with its hyperparameters as traced values:
 AdamW (b1, b2, eps, weight decay) after global-norm clipping (``grad_clip = inf`` when the job
-has none: ``clip_by_global_norm`` then selects the unscaled update exactly), the learning rate
+has none: ``clip_by_global_norm`` then selects the unscaled update exactly; gradients are
+masked first, so padding never counts in the norm), the learning rate
 read from the job's own schedule table ``hp["lr"][count]`` (the values of the solo run's
 schedule, lora_jax.train.optimizer.schedule), label smoothing as a traced ε (ε = 0 gives the plain NLL
 exactly), dropout from the job's key folded with the step as the solo run does. Updates are
@@ -123,6 +124,9 @@ def make_packed_step(
     def job_step(lora, opt_state, ok, mask, hp, key, frozen, batch, step):
         rng = jax.random.fold_in(key, step)
         (loss, aux), grads = grads_of(lora, frozen, batch, rng, hp["label_smoothing"])
+        # padding and absent slots: zero gradients (a DoRA magnitude on a slot the job lacks
+        # would get one; it must count in neither the clipping norm nor the moments)
+        grads = jax.tree.map(lambda g, m: jnp.where(m > 0, g, 0.0), grads, mask)
         updates, new_opt = job_optimizer(hp, lora, grad_accum).update(grads, opt_state, lora)
         updates = jax.tree.map(lambda u, m: jnp.where(m > 0, u, 0.0), updates, mask)
         new = optax.apply_updates(lora, updates)

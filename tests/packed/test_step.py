@@ -100,10 +100,12 @@ def _run_solo(lm, tree, ocfg, seed, batches, dropout):
     return tree, losses
 
 
-def _packed(lm, trees, opts, seeds, batches, dropout, module=None, frozen=None, **levers):
+def _packed(lm, trees, opts, seeds, batches, dropout, module=None, frozen=None, base=None,
+            **levers):  # fmt: skip
     """K jobs packed; ``module`` / ``frozen`` / ``levers`` (loss_chunk, scan_prefix): the
-    step's trainer.remat/scan/loss_chunk (tests/packed/test_step_levers.py)."""
-    stacked, mask = stack(trees)
+    step's trainer.remat/scan/loss_chunk (tests/packed/test_step_levers.py); ``base``: for
+    lora_jax.lora.stack (DoRA packs)."""
+    stacked, mask = stack(trees, base)
     lr_fns = [build_optimizer(o, t, STEPS)[1] for o, t in zip(opts, trees)]
     hp = job_hyperparams(opts, lr_fns, STEPS)
     opt = init_opt_state(stacked, hp, 1)
@@ -146,13 +148,13 @@ def _with_b(trees, seed=0):
     return [jax.tree.map(lambda x: bump(x) if x.ndim == 2 else x, t) for t in trees]
 
 
-def _assert_tree_close(got, want, tol=1e-3, floor=1e-3):
+def _assert_tree_close(got, want, tol=1e-3, floor=1e-3, leaves=("a", "b", "scale")):
     assert sorted((p, n) for p, n, _ in iter_adapters(got)) == sorted(
         (p, n) for p, n, _ in iter_adapters(want)
     )
     for path, name, g in iter_adapters(got):
         w = find_slot(want, path, name)
-        for leaf in ("a", "b", "scale"):
+        for leaf in (n for n in leaves if n in w):
             x, y = np.asarray(g[leaf]), np.asarray(w[leaf])
             atol = tol * max(float(np.abs(y).max()), floor)
             np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=f"{path}/{name}/{leaf}")
@@ -239,3 +241,42 @@ def test_a_diverging_job_does_not_touch_the_others(tiny_e2e_gpt2_dir):
             _assert_tree_close(unstack(stacked, k, trees[k]), solo_tree)
             assert _share_beyond(unstack(stacked, k, trees[k]), solo_tree, 1e-5) <= 1e-3
             np.testing.assert_allclose(losses[k], solo_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [
+        # DoRA: a pack is all-DoRA; the q,v job lacks slots the others have (m = base norm there)
+        ({"variant": "dora"}, {"variant": "dora"}, {"variant": "dora"}),
+        # PiSSA / OLoRA mix with plain LoRA (the a0/b0 offset is zero for the kaiming job)
+        ({"init": "pissa"}, {"init": "olora"}, {"init": "kaiming"}),
+    ],
+    ids=["dora", "pissa-olora-kaiming"],
+)
+def test_variant_pack_equals_solo_runs(tiny_e2e_gpt2_dir, variants):
+    """lora.variant=dora and the data-driven inits in a pack: each job = its solo run."""
+    with jax.default_matmul_precision("highest"):
+        lm = load_model(str(tiny_e2e_gpt2_dir))
+        trees, opts = [], []
+        for (targets, r, alpha, seed, over), extra in zip(JOBS, variants):
+            cfg = LoraConfig(r=r, alpha=alpha, targets=targets, seed=seed, **extra)
+            tree, _ = lora_init(jax.random.PRNGKey(seed), lm.params, cfg, lora_modules(lm.config))
+            trees.append(tree)
+            opts.append(BASE_OPT | over)
+        if "m" in str(jax.tree.structure(trees[0])):  # a DoRA pack with absent slots
+            with pytest.raises(ValueError, match="needs the base params"):
+                stack(trees)
+        base = (lm.params, lora_modules(lm.config))
+        m0 = [[np.array(ad["m"]) for _, _, ad in iter_adapters(t) if "m" in ad] for t in trees]
+        batches = _batches(lm.config.vocab_size, STEPS)
+        seeds = [j[3] for j in JOBS]
+        stacked, opt, ok, mask, losses = _packed(lm, trees, opts, seeds, batches, 0.0, base=base)
+        assert bool(ok.all())
+        for k, (tree, ocfg, seed) in enumerate(zip(trees, opts, seeds)):
+            solo_tree, solo_losses = _solo(lm, tree, ocfg, seed, batches, 0.0)
+            got = unstack(stacked, k, tree)
+            _assert_tree_close(got, solo_tree, leaves=("a", "b", "scale", "m", "a0", "b0"))
+            np.testing.assert_allclose(losses[k], solo_losses, rtol=1e-5)
+            if m0[k]:  # the magnitude trained
+                m1 = [np.asarray(ad["m"]) for _, _, ad in iter_adapters(got)]
+                assert any(np.abs(a - b).max() > 1e-6 for a, b in zip(m0[k], m1))
