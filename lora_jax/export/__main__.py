@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> Path:
             args.out,
             use_rslora=ra.lora_config.scaling == "rslora",
             base_model_name_or_path=base,
+            params=ra.model.params,  # DoRA on part of a fused kernel: the other blocks' norms
         )
     else:
         out = save_merged_hf(
