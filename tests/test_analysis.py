@@ -209,3 +209,34 @@ def test_factor_svd_matches_svd_of_delta():
     for k in range(5):  # same directions up to sign
         assert abs(blk.v[:, k] @ vt[k]) == pytest.approx(1.0, abs=1e-8)
         assert abs(blk.u[:, k] @ u[:, k]) == pytest.approx(1.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("extra", [{"init": "pissa"}, {"variant": "dora"},
+                                   {"variant": "dora", "init": "olora"}])  # fmt: skip
+def test_delta_blocks_per_variant_is_the_merged_change(extra):
+    """ΔW of a PiSSA / DoRA / DoRA+OLoRA adapter = the merged kernel minus the base (float32
+    JAX merge against the float64 analysis: 1e-5 of ‖W‖'s entries)."""
+    import jax
+
+    from lora_jax.lora import LoraConfig, init, merge
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(8, 24)).astype(np.float32)
+    params = {"h_1": {"attn": {"c_attn": {"kernel": kernel}}}}
+    modules = {"attn.c_attn": ("q", "k", "v")}
+    tree, _ = init(jax.random.key(0), params, LoraConfig(r=2, targets="qv", **extra), modules)
+    tree = jax.tree.map(np.array, tree)
+    for blk in ("q", "v"):  # train as if: B and m move
+        ad = tree["h_1"]["attn"]["c_attn"][blk]
+        ad["b"] = ad["b"] + rng.normal(scale=0.1, size=ad["b"].shape).astype(np.float32)
+        if "m" in ad:
+            ad["m"] = ad["m"] * 1.1
+    merged = np.asarray(merge(params, tree, modules)["h_1"]["attn"]["c_attn"]["kernel"])
+    blocks = {b.key: b for b in an.delta_blocks(tree, base=(params, modules))}
+    for i, blk in ((0, "q"), (2, "v")):
+        want = (merged - kernel)[:, i * 8 : (i + 1) * 8].T
+        got = blocks[f"h.1.attn.c_attn.{blk}"].delta
+        np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(kernel).max())
+    if "variant" in extra:
+        with pytest.raises(ValueError, match="DoRA"):
+            an.delta_blocks(tree)

@@ -70,7 +70,7 @@ def analyse_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             bases[src] = load_base(src)
         ra = load_run_adapter(d, base=bases[src])
         modules = lora_modules(ra.model.config)
-        blocks = an.delta_blocks(ra.lora)
+        blocks = an.delta_blocks(ra.lora, base=(ra.model.params, modules))
         a0 = {
             f"{module_id(p)}.{n}": np.asarray(ad["a"]) for p, n, ad in iter_adapters(ra.init_lora)
         }

@@ -72,17 +72,45 @@ def factor_svd(a: np.ndarray, b: np.ndarray, scale: float) -> tuple[np.ndarray, 
     return qb @ uc, sc, qa @ vct.T
 
 
-def delta_blocks(lora: Mapping[str, Any]) -> list[Block]:
-    """ΔW = s·(a·b)ᵀ ``[d_out, d_in]`` (float64) for every adapter in a LoRA tree."""
+def delta_blocks(lora: Mapping[str, Any], base: Any = None) -> list[Block]:
+    """ΔW ``[d_out, d_in]`` (float64) for every adapter in a LoRA tree, per variant: LoRA
+    ``s·(a·b)ᵀ``; PiSSA/OLoRA the change from the base, ``s·(a·b - a0·b0)ᵀ`` (rank ≤ 2r); DoRA
+    ``(m/‖W + s·A'B'‖·(W + s·A'B') - W)ᵀ``, which is not low-rank (a column rescaling of W): its
+    u, σ, v are the top-2r of its dense SVD and it needs ``base = (params, lora_modules)``.
+    ``a_dirs`` is always from the trained A (the LoRA paper's U_A)."""
+    from lora_jax.lora.params import _blocks_of, _get
+    from lora_jax.lora.params import delta as variant_delta
+
     out = []
     for path, name, ad in iter_adapters(lora):
-        a = np.asarray(ad["a"], np.float64)
-        b = np.asarray(ad["b"], np.float64)
+        a, b = np.asarray(ad["a"], np.float64), np.asarray(ad["b"], np.float64)
+        if "a0" in ad:  # lora_jax.lora.params.factors, in float64
+            a = np.concatenate([a, np.asarray(ad["a0"], np.float64)], axis=1)
+            b = np.concatenate([b, -np.asarray(ad["b0"], np.float64)], axis=0)
         scale = float(np.asarray(ad["scale"]))
         layer = next((int(m[1]) for p in path if (m := _LAYER.match(p))), -1)
-        u, s, v = factor_svd(a, b, scale)
         key = f"{module_id(path)}.{name}"
-        delta = scale * (a @ b).T
+        if "m" in ad:
+            if base is None:
+                raise ValueError(
+                    f"{key} is a DoRA adapter: its ΔW needs base=(params, lora_modules)"
+                )
+            params, modules = base
+            blocks = _blocks_of(path, modules)
+            kernel = np.asarray(_get(params, path)["kernel"], np.float32)
+            width = kernel.shape[1] // len(blocks)
+            i = blocks.index(name)
+            w = kernel[:, i * width : (i + 1) * width]
+            delta_t = np.asarray(variant_delta(ad, w), np.float64).T
+            uu, ss, vt = np.linalg.svd(delta_t, full_matrices=False)
+            k = 2 * np.shape(ad["a"])[1]
+            u, s, v = uu[:, :k], ss[:k], vt[:k].T
+        else:
+            u, s, v = factor_svd(a, b, scale)
+            delta_t = scale * (a @ b).T
+        a = np.asarray(ad["a"], np.float64)  # the trained factor (without PiSSA's a0)
+        b = np.asarray(ad["b"], np.float64)
+        delta = delta_t
         # A = aᵀ: its right-singular vectors are a's left ones; B = bᵀ: its left are b's right
         a_dirs = np.linalg.svd(a, full_matrices=False)[0]
         b_dirs = np.linalg.svd(b, full_matrices=False)[2].T

@@ -196,7 +196,7 @@ def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sig
         width = kernel.shape[-1] // len(blocks)  # kernel [in, out] (or stacked [L, in, out])
         i = blocks.index(name)
         cols = slice(i * width, (i + 1) * width)
-        k32 = kernel.astype(jnp.float32)
+        k32 = jnp.asarray(kernel, jnp.float32)
         if "m" in ad and sign < 0:  # DoRA: W' = f·(W + ΔW) with f = m/‖W + ΔW‖ -> solve for W
             raise ValueError(
                 "a DoRA adapter cannot be unmerged from the merged kernel alone (its column "
