@@ -111,3 +111,34 @@ def test_compiled_step_holds_the_packed_kernels_only(setup):
     one_layer = sum(4 * k.size for k in kernels) / CFG.num_layers
     assert mq.temp_size_in_bytes - md.temp_size_in_bytes < one_layer, (
         mq.temp_size_in_bytes, md.temp_size_in_bytes, one_layer)  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [{"variant": "dora"}, {"init": "pissa"}, {"init": "olora"}])
+def test_variants_over_a_quantized_base_equal_the_dequantized_base(setup, extra):
+    """DoRA / PiSSA / OLoRA on an NF4 base (init from the dequantized kernels, the base kept
+    quantized: PiSSA's residual is the offset branch, not a re-quantized W): the adapters, the
+    loss and the gradients equal those over the explicitly dequantized base."""
+    module, params, _, batch = setup
+    # both trees in one key order (tree.map sorts dict keys; the targets, and so the rng keys
+    # of a random A, follow the params' order)
+    qparams = quantize_params(jax.tree.map(lambda x: x, params), "nf4", lora_modules(CFG))
+    dense = _dequantized(qparams)
+    cfg = LoraConfig(r=4, targets="all", **extra)
+    lq, _ = lora_init(jax.random.key(1), qparams, cfg, lora_modules(CFG))
+    ld, _ = lora_init(jax.random.key(1), dense, cfg, lora_modules(CFG))
+    for a, b in zip(jax.tree.leaves(lq), jax.tree.leaves(ld)):
+        np.testing.assert_array_equal(a, b)
+    lora = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 * jax.random.normal(jax.random.key(len(str(p))), x.shape)
+        if p[-1].key == "b" else x, lq)  # fmt: skip
+
+    def loss_fn(lo, frozen):
+        logits, _ = module.apply({"params": frozen, "lora": lo}, batch["input_ids"])
+        return lm_loss(logits, batch)[0]
+
+    with jax.default_matmul_precision("highest"):
+        vg = jax.jit(jax.value_and_grad(loss_fn))
+        (lossq, gq), (lossd, gd) = vg(lora, qparams), vg(lora, dense)
+    np.testing.assert_allclose(lossq, lossd, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(gq), jax.tree.leaves(gd)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()) + 1e-12)
