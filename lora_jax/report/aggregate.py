@@ -1,5 +1,5 @@
 """Aggregate runs into cells with pandas: one cell per (rows, cols) value of the runs' sweep key,
-one table (Section) per value of the split axes (alpha, scale, scaling, model, task by default,
+one table (Section) per value of the split axes (alpha, scale, scaling, variant, model, task by default,
 plus ``--split``) that vary inside a cell.
 
 A cell averages seeds only: its runs' recipes (lora_jax.train.record.recipe: the resolved config
@@ -31,7 +31,7 @@ from lora_jax.report.select import LrChoice, Selection, select_lr
 from lora_jax.report.stats import mean_std, t_interval
 
 PERCENT_PREFIXES = ("bleu", "rouge", "meteor", "acc", "exact_match")
-SPLIT_AXES = ("alpha", "scale", "scaling", "model", "task")
+SPLIT_AXES = ("alpha", "scale", "scaling", "variant", "model", "task")
 # Legacy target names, placed as the paper's tables place them (qk before qv, Table 5).
 LEGACY_ORDER = ("q", "k", "v", "o", "qk", "qv", "attn", "mlp", "all")
 MODULE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")

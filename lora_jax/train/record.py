@@ -116,11 +116,24 @@ def sweep_key(config: Mapping[str, Any], label: str | None = None) -> dict[str, 
         "alpha": alpha,
         "scale": scale,
         "scaling": lora["scaling"],
+        "variant": variant_label(config),
         "lr": float(optim["lr"]),
         "steps": None,
         "tokens_seen": None,
         "seed": int(config["seed"]),
     }
+
+
+def variant_label(config: Mapping[str, Any]) -> str:
+    """"lora", or the variant's parts joined by "+": "dora", the data-driven init ("pissa",
+    "pissa_niter_4", "olora"), "lora+16" (optim.loraplus_lr_ratio); a report axis."""
+    lora, optim = config["lora"], config["optim"]
+    parts = ["dora"] if lora.get("variant", "lora") == "dora" else []
+    if lora.get("init") not in (None, "kaiming", "gaussian"):
+        parts.append(str(lora["init"]))
+    if optim.get("loraplus_lr_ratio"):
+        parts.append(f"lora+{float(optim['loraplus_lr_ratio']):g}")
+    return "+".join(parts) or "lora"
 
 
 def set_targets(record: dict, targets: Sequence[Any]) -> None:
