@@ -168,11 +168,9 @@ def test_import_errors_name_the_problem(tiny_llama_dir, tmp_path):
     lm = load_model(str(tiny_llama_dir))
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_peft(tmp_path, lm.config)
-    (tmp_path / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "use_dora": True})
-    )
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "bias": "all"}))
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="use_dora"):
+    with pytest.raises(ValueError, match="bias='all'"):
         load_peft(tmp_path, lm.config)
 
 

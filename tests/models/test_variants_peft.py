@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest_gguf import smollm2_gguf  # noqa: F401
 
 from lora_jax.export import load_peft, save_peft
 from lora_jax.export.peft import module_name
@@ -216,3 +217,54 @@ def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
     back = load_peft(out, lm.config)
     np.testing.assert_allclose(_logits(lm, back, ids), theirs,
                                atol=2e-5 * np.abs(theirs).max(), rtol=0)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_real_smollm2_dora_pissa_init_and_logits_equal_peft(smollm2_gguf):  # noqa: F811
+    """The real SmolLM2-135M (GGUF, dequantized to fp32 on both sides, q,v at r = 8, DoRA over
+    PiSSA: both data-driven parts at once): PEFT's init on transformers' GGUF model (A·B, m) and,
+    with B moved, the logits (one forward). Training over 20
+    steps is checked on the tiny Llama above (the same code path; 20 real steps on 2 cores would
+    take minutes of CI)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = load_model(str(smollm2_gguf))
+    lcfg = LoraConfig(r=8, alpha=16, targets="qv", variant="dora", init="pissa")
+    lora, _ = init(jax.random.key(0), lm.params, lcfg, lora_modules(lm.config))
+    lora = jax.tree.map(np.asarray, lora)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_smollm2.py: contention made torch's pool 10x slower
+    try:
+        from peft import LoraConfig as PeftConfig
+        from peft import get_peft_model
+
+        hf = AutoModelForCausalLM.from_pretrained(
+            smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32,
+            attn_implementation="eager",
+        )  # fmt: skip
+        pm = get_peft_model(hf, PeftConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                           use_dora=True, init_lora_weights="pissa"))  # fmt: skip
+        for ad, _name, mod in _peft_modules(pm, lora, lm.config):
+            pa = mod.lora_A["default"].weight.detach().numpy().T
+            pb = mod.lora_B["default"].weight.detach().numpy().T
+            # the top-r subspace's factors: near-equal singular values of the real weights leave
+            # their vectors free to rotate inside the cluster, so compare A·B (what the model
+            # sees); fp32 SVDs of two LAPACK builds agree to eps·‖W‖/gap: 1e-3 of its scale
+            prod = pa @ pb
+            np.testing.assert_allclose(ad["a"] @ ad["b"], prod, atol=1e-3 * np.abs(prod).max())
+            pm_m = mod.lora_magnitude_vector["default"].weight.detach().numpy()
+            np.testing.assert_allclose(ad["m"], pm_m, rtol=1e-5)
+        rng = np.random.default_rng(3)
+        for _, _, ad in iter_adapters(lora):
+            ad["b"] = ad["b"] + rng.normal(scale=0.02, size=ad["b"].shape).astype(np.float32)
+        _set_peft(pm, lora, lm.config)
+        ids = np.asarray([lm.tokenizer.encode("name[The Eagle] food[French] area[riverside]")])
+        with torch.no_grad():
+            theirs = pm.eval()(input_ids=torch.tensor(ids)).logits.numpy()
+    finally:
+        torch.set_num_threads(threads)
+    ours = _logits(lm, jax.tree.map(jnp.asarray, lora), ids)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max(), rtol=0)
