@@ -78,7 +78,7 @@ def delta_blocks(lora: Mapping[str, Any], base: Any = None) -> list[Block]:
     ``(m/‖W + s·A'B'‖·(W + s·A'B') - W)ᵀ``, which is not low-rank (a column rescaling of W): its
     u, σ, v are the top-2r of its dense SVD and it needs ``base = (params, lora_modules)``.
     ``a_dirs`` is always from the trained A (the LoRA paper's U_A)."""
-    from lora_jax.lora.params import _blocks_of, _get
+    from lora_jax.lora.params import blocks_of, kernel_block
     from lora_jax.lora.params import delta as variant_delta
 
     out = []
@@ -96,11 +96,8 @@ def delta_blocks(lora: Mapping[str, Any], base: Any = None) -> list[Block]:
                     f"{key} is a DoRA adapter: its ΔW needs base=(params, lora_modules)"
                 )
             params, modules = base
-            blocks = _blocks_of(path, modules)
-            kernel = np.asarray(_get(params, path)["kernel"], np.float32)
-            width = kernel.shape[1] // len(blocks)
-            i = blocks.index(name)
-            w = kernel[:, i * width : (i + 1) * width]
+            blocks = blocks_of(path, modules)
+            w = kernel_block(params, path, blocks.index(name), len(blocks))
             delta_t = np.asarray(variant_delta(ad, w), np.float64).T
             uu, ss, vt = np.linalg.svd(delta_t, full_matrices=False)
             k = 2 * np.shape(ad["a"])[1]

@@ -13,6 +13,7 @@ behaves as PEFT's residual ``W - s·A0·B0`` while the stored base stays W; lora
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,11 +58,27 @@ def dora_norm(
 
 def _kernel_block(params: Mapping[str, Any], t: Target) -> jax.Array:
     """The frozen kernel's column block of target ``t`` as float32 [in, out_block]."""
-    kernel = _get(params, t.path)["kernel"]
+    return kernel_block(params, t.path, t.block, t.n_blocks)
+
+
+def kernel_block(
+    params: Mapping[str, Any], path: tuple[str, ...], index: int, n_blocks: int
+) -> jax.Array:
+    """Column block ``index`` of ``n_blocks`` of the frozen kernel at module ``path``, float32
+    ``[in, out_block]`` (a quantized kernel dequantized; a ``trainer.scan`` base, whose layers
+    are stacked under ``prefix`` as ``[L, ...]``, is read at the path's layer)."""
+    layer = re.match(r"^(.+)_(\d+)$", path[0])
+    if path[0] not in params and layer and layer[1] in params:
+        kernel = module_at(params[layer[1]], path[1:])["kernel"]
+    else:
+        layer, kernel = None, module_at(params, path)["kernel"]
     if is_quantized(kernel):
         kernel = kernel.dequantize(jnp.float32)
-    width = kernel.shape[-1] // t.n_blocks
-    return jnp.asarray(kernel, jnp.float32)[:, t.block * width : (t.block + 1) * width]
+    kernel = jnp.asarray(kernel, jnp.float32)
+    if layer is not None:
+        kernel = kernel[int(layer[2])]
+    width = kernel.shape[-1] // n_blocks
+    return kernel[:, index * width : (index + 1) * width]
 
 
 def _randomized_svd(key: jax.Array, w: jax.Array, r: int, niter: int):
@@ -150,13 +167,13 @@ def iter_adapters(lora: Mapping[str, Any], path: tuple[str, ...] = ()):
             yield from iter_adapters(child, path + (key,))
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def module_at(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     for seg in path:
         tree = tree[seg]
     return tree
 
 
-def _blocks_of(
+def blocks_of(
     path: tuple[str, ...], lora_modules: Mapping[str, tuple[str, ...]]
 ) -> tuple[str, ...]:
     for i in range(len(path)):
@@ -188,8 +205,8 @@ def delta(ad: Mapping[str, Any], w: jax.Array | None = None) -> jax.Array:
 def _apply(params: Mapping[str, Any], lora: Mapping[str, Any], lora_modules, sign: float) -> dict:
     out = jax.tree.map(lambda x: x, dict(params))  # copy containers, share leaves
     for path, name, ad in iter_adapters(lora):
-        blocks = _blocks_of(path, lora_modules)
-        module = _get(out, path)
+        blocks = blocks_of(path, lora_modules)
+        module = module_at(out, path)
         kernel = module["kernel"]
         if is_quantized(kernel):  # QLoRA: merge into the dequantized base (a float32 kernel)
             kernel = kernel.dequantize(jnp.float32)

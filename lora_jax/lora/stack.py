@@ -21,7 +21,6 @@ lora_modules))``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,7 +80,7 @@ def take(slot: Mapping[str, Any], key: str, k: int, r: int) -> Any:
 
 
 def _base_norm(base: Any, path: tuple[str, ...], name: str) -> np.ndarray:
-    from lora_jax.lora.params import _blocks_of, _get, dora_norm
+    from lora_jax.lora.params import blocks_of, dora_norm, kernel_block
 
     if base is None:
         raise ValueError(
@@ -89,18 +88,8 @@ def _base_norm(base: Any, path: tuple[str, ...], name: str) -> np.ndarray:
             "needs the base params (stack(trees, base=(params, lora_modules)))"
         )
     params, modules = base
-    layer = re.match(r"^(.+)_(\d+)$", path[0])
-    if path[0] not in params and layer and layer[1] in params:  # trainer.scan: [L, ...] leaves
-        kernel = _get(params[layer[1]], path[1:])["kernel"]
-        kernel = kernel.dequantize(jnp.float32) if hasattr(kernel, "dequantize") else kernel
-        kernel = kernel[int(layer[2])]
-    else:
-        kernel = _get(params, path)["kernel"]
-        kernel = kernel.dequantize(jnp.float32) if hasattr(kernel, "dequantize") else kernel
-    blocks = _blocks_of(path, modules)
-    width = kernel.shape[-1] // len(blocks)
-    i = blocks.index(name)
-    w = jnp.asarray(kernel, jnp.float32)[:, i * width : (i + 1) * width]
+    blocks = blocks_of(path, modules)
+    w = kernel_block(params, path, blocks.index(name), len(blocks))
     zero_a, zero_b = jnp.zeros((w.shape[0], 1)), jnp.zeros((1, w.shape[1]))
     return np.asarray(dora_norm(w, zero_a, zero_b, 0.0))  # the layer's own formula: f = 1
 

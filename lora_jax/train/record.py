@@ -125,7 +125,7 @@ def sweep_key(config: Mapping[str, Any], label: str | None = None) -> dict[str, 
 
 
 def variant_label(config: Mapping[str, Any]) -> str:
-    """"lora", or the variant's parts joined by "+": "dora", the data-driven init ("pissa",
+    """ "lora", or the variant's parts joined by "+": "dora", the data-driven init ("pissa",
     "pissa_niter_4", "olora"), "lora+16" (optim.loraplus_lr_ratio); a report axis."""
     lora, optim = config["lora"], config["optim"]
     parts = ["dora"] if lora.get("variant", "lora") == "dora" else []
