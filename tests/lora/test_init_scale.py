@@ -73,8 +73,18 @@ def test_default_init_is_kaiming_and_every_preset_and_sweep_states_its_init():
         assert compose([f"lora={name}"]).lora.init == "kaiming", name
     sweeps = sorted(CONF.glob("sweep/*.yaml"))
     assert {p.stem for p in sweeps} >= {"rank_table", "equal_budget", "alpha", "lr_grid"}
+    variants = sorted(CONF.glob("variant/*.yaml"))
+    assert {p.stem for p in variants} >= {"lora", "dora", "pissa", "olora", "loraplus"}
+    for path in variants:  # a variant states its init (PiSSA/OLoRA are inits; the rest kaiming)
+        init = (_yaml(path).get("lora") or {}).get("init")
+        assert init == ("kaiming" if path.stem not in ("pissa", "olora") else path.stem), path
     for path in sweeps:
-        assert (_yaml(path).get("lora") or {}).get("init") == "kaiming", f"{path} states no init"
+        stated = _yaml(path)
+        if "variant" in stated["hydra"]["sweeper"]["params"]:
+            # the swept variant states the init (above); a sweep-level init would override it
+            assert "init" not in (stated.get("lora") or {}), f"{path}: the variant states the init"
+        else:
+            assert (stated.get("lora") or {}).get("init") == "kaiming", f"{path} states no init"
         cfg = compose(["experiment=demo", f"+sweep={path.stem}"])
         assert cfg.lora.init == "kaiming", path.stem
 

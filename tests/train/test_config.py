@@ -76,8 +76,9 @@ def test_citations_never_point_outside_the_repository():
 # ---------------------------------------------------------------- composition without leaks
 # Expected values are read from the YAML files themselves (OmegaConf.load, no Hydra), layered in
 # the order the files claim: the group files selected (root defaults, replaced by the
-# experiment's overrides, then by the sweep's swept groups) < the experiment's body < the sweep's
-# body < the sweep's swept values. Hydra's composition must give exactly these values: a root
+# experiment's overrides, then by the sweep's swept groups) < the experiment's body < the variant
+# (conf/variant/, placed after the experiment in the root defaults) < the sweep's body < the
+# sweep's swept values. Hydra's composition must give exactly these values: a root
 # value after `_self_`, or an experiment value that a sweep's group swap cannot replace, fails.
 
 CONF = Path(CONF_DIR)
@@ -112,14 +113,31 @@ def _choices(defaults: list) -> dict:
     return out
 
 
+def _choices_of(defaults: list, group: str):
+    """The option a defaults list picks for one group outside GROUPS (None when it picks none)."""
+    for entry in defaults:
+        if isinstance(entry, dict):
+            ((key, value),) = entry.items()
+            if key.removeprefix("override ").strip("/") == group:
+                return value
+    return None
+
+
 def _body(tree: dict) -> dict:
     return _flat({k: v for k, v in tree.items() if k not in ("defaults", "hydra")})
 
 
 def _parse(value: str):
+    """A swept value as Hydra's override grammar reads it (YAML 1.1 reads 3e-3 as a string)."""
     import yaml
 
-    return yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            pass
+    return parsed
 
 
 def _expected(experiment: str, sweep: str | None, k: int) -> tuple[dict, list[str]]:
@@ -128,6 +146,7 @@ def _expected(experiment: str, sweep: str | None, k: int) -> tuple[dict, list[st
     root = _load(CONF / "config.yaml")
     exp = _load(CONF / "experiment" / f"{experiment}.yaml")
     choices = _choices(root["defaults"]) | _choices(exp.get("defaults", []))
+    variant = _choices_of(root["defaults"], "variant") or _choices_of(exp.get("defaults", []), "variant")
     swept_groups, swept_values, overrides, sweep_body = {}, {}, [], {}
     if sweep:
         sw = _load(CONF / "sweep" / f"{sweep}.yaml")
@@ -136,7 +155,10 @@ def _expected(experiment: str, sweep: str | None, k: int) -> tuple[dict, list[st
             items = str(values).split(",")
             value = items[k % len(items)]
             overrides.append(f"{key}={value}")
-            (swept_groups if key in GROUPS else swept_values)[key] = value
+            if key == "variant":
+                variant = value
+            else:
+                (swept_groups if key in GROUPS else swept_values)[key] = value
     expected = {}
     for group in GROUPS:
         if group not in swept_groups:
@@ -144,6 +166,8 @@ def _expected(experiment: str, sweep: str | None, k: int) -> tuple[dict, list[st
     expected |= _body(exp)
     for group, option in swept_groups.items():
         expected |= _flat(_load(CONF / group / f"{option}.yaml"), group)
+    if variant:
+        expected |= _body(_load(CONF / "variant" / f"{variant}.yaml"))
     expected |= sweep_body | {k: _parse(v) for k, v in swept_values.items()}
     return expected, overrides
 
