@@ -45,6 +45,9 @@ class DecodeCfg:
 class TaskCfg:
     name: str = MISSING  # e2e | wikisql | samsum
     dataset: str | None = None  # hub id; used when no local files are given
+    # hub revision: a branch, tag or commit; "refs/convert/parquet" is the hub's parquet
+    # conversion of a dataset that only ships a loading script (datasets >= 4 runs none)
+    revision: str | None = None
     data_dir: str | None = None
     # {"train": path, "eval": path}; empty: data_dir or dataset. Settable key by key on the
     # command line (task.data_files.train=a.jsonl task.data_files.eval=b.jsonl)

@@ -144,7 +144,17 @@ def load_rows(
     else:
         if not dataset:
             raise ConfigError("no data: set `dataset` (a hub id) or `data_dir` / `data_files`")
-        ds = datasets.load_dataset(dataset, config_name, split=hub_split, revision=revision)
+        try:
+            ds = datasets.load_dataset(dataset, config_name, split=hub_split, revision=revision)
+        except Exception as e:
+            if "script" not in str(e).lower():
+                raise
+            raise ConfigError(
+                f"{dataset} is a dataset loading script, which this `datasets` "
+                f"({datasets.__version__}) does not run: set task.revision=refs/convert/parquet "
+                "(the hub's parquet conversion), or task.dataset=<a parquet copy>, or "
+                "task.data_dir=<local files>"
+            ) from None
     return [dict(r) for r in ds]
 
 

@@ -31,6 +31,7 @@ def join_utterances(dialogue: str) -> str:
 @dataclass
 class SAMSumTask(RowSource):
     dataset: str | None = "Samsung/samsum"
+    revision: str | None = "refs/convert/parquet"  # the hub parquet conversion (a script repo)
     train_file: str = "train.jsonl"
     eval_file: str = "test.jsonl"
     train_split: str = "train"

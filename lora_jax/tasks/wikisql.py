@@ -1,7 +1,7 @@
 """WikiSQL (Zhong et al. 2017): question + table header -> SQL; logical-form and execution accuracy.
 
-Hub: "Salesforce/wikisql" (a loading script; on `datasets` >= 3 point `dataset` at a parquet
-mirror, or set revision="refs/convert/parquet"). Schema: question, table{header, types, rows,
+Hub: "Salesforce/wikisql" at revision "refs/convert/parquet" (the hub's parquet conversion: the
+repo's main branch is a loading script, which `datasets` >= 4 does not run). Schema: question, table{header, types, rows,
 ...}, sql{sel, agg, conds{column_index, operator_index, condition}}. Local JSONL/parquet files
 in that schema load through `data_files` / `data_dir`. The paper reports logical-form
 accuracy on the validation split (LoRA paper App. C), our main metric.
@@ -37,6 +37,7 @@ def wikisql_source(question: str, header: list[str]) -> str:
 @dataclass
 class WikiSQLTask(RowSource):
     dataset: str | None = "Salesforce/wikisql"
+    revision: str | None = "refs/convert/parquet"  # the hub parquet conversion (a script repo)
     train_file: str = "train.jsonl"
     eval_file: str = "validation.jsonl"
     train_split: str = "train"

@@ -25,7 +25,7 @@ from lora_jax.train.validation import packed_batches
 from lora_jax.train.validation import validation_batches as _held_out_batches
 
 TASK_KEYS = ("dataset", "data_dir", "data_files", "train_file", "eval_file", "train_split",
-             "eval_split", "validation_file", "validation_split")  # fmt: skip
+             "eval_split", "validation_file", "validation_split", "revision")  # fmt: skip
 
 
 def build_task(tc: DictConfig, run_dir: Path) -> Any:
