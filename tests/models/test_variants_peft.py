@@ -5,8 +5,9 @@ weights gives PEFT's A, B, magnitude and residual base (PiSSA's singular vectors
 sign, which the SVD leaves free and which changes nothing below: every quantity is invariant
 under flipping a column of A with the matching row of B); with a non-zero B the logits equal
 PEFT's; 20 AdamW steps on the same batches give PEFT's losses; the PEFT export loads with
-``PeftModel.from_pretrained`` on the untouched base and gives lora-jax's logits, and a PEFT-made
-DoRA adapter imports to PEFT's logits.
+``PeftModel.from_pretrained`` on the untouched base and gives lora-jax's logits; and PEFT's own
+trained adapter (DoRA as saved, PiSSA/OLoRA converted by PEFT for the untouched base) imports to
+the trained PEFT model's logits.
 
 Precision: fp32 both sides; JAX matmuls at "highest" (exact fp32 dots on CPU), torch CPU fp32.
 Inits compare to 1e-4 of the weights' scale (SVD/QR in two LAPACK builds; a singular vector
@@ -150,6 +151,10 @@ def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
     lora, _ = init(jax.random.key(0), lm.params, lcfg, modules)
     lora = jax.tree.map(np.asarray, lora)
     peft_model = _peft_model(path, peft_kwargs)
+    converts = "init_lora_weights" in peft_kwargs and "use_dora" not in peft_kwargs
+    if converts:  # PEFT's recipe for converting a PiSSA/OLoRA adapter later: save the init first
+        peft_model.peft_config["default"].init_lora_weights = True
+        peft_model.save_pretrained(tmp_path / "peft_init")
     base = dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).named_modules())
 
     # 1. the init: A, B, m and the residual base as PEFT makes them
@@ -216,6 +221,23 @@ def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
     # 5. and back: the PEFT folder imports to the same logits
     back = load_peft(out, lm.config)
     np.testing.assert_allclose(_logits(lm, back, ids), theirs,
+                               atol=2e-5 * np.abs(theirs).max(), rtol=0)  # fmt: skip
+    # 6. PEFT's own trained adapter, as PEFT saves it for an untouched base (DoRA as is;
+    # PiSSA/OLoRA converted with path_initial_model_for_weight_conversion, which PEFT does for
+    # lora_A/lora_B only, so not with DoRA), imports to the trained PEFT model's logits
+    if "use_dora" in peft_kwargs and "init_lora_weights" in peft_kwargs:
+        return  # DoRA over PiSSA: PEFT has no conversion for it
+    kw = (
+        {"path_initial_model_for_weight_conversion": str(tmp_path / "peft_init")}
+        if converts
+        else {}
+    )
+    peft_model.save_pretrained(tmp_path / "peft_trained", **kw)
+    peft_model.eval()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.tensor(ids)).logits.numpy()
+    imported = load_peft(tmp_path / "peft_trained", lm.config)
+    np.testing.assert_allclose(_logits(lm, imported, ids), theirs,
                                atol=2e-5 * np.abs(theirs).max(), rtol=0)  # fmt: skip
 
 

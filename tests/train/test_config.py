@@ -146,7 +146,9 @@ def _expected(experiment: str, sweep: str | None, k: int) -> tuple[dict, list[st
     root = _load(CONF / "config.yaml")
     exp = _load(CONF / "experiment" / f"{experiment}.yaml")
     choices = _choices(root["defaults"]) | _choices(exp.get("defaults", []))
-    variant = _choices_of(root["defaults"], "variant") or _choices_of(exp.get("defaults", []), "variant")
+    variant = _choices_of(root["defaults"], "variant") or _choices_of(
+        exp.get("defaults", []), "variant"
+    )
     swept_groups, swept_values, overrides, sweep_body = {}, {}, [], {}
     if sweep:
         sw = _load(CONF / "sweep" / f"{sweep}.yaml")
