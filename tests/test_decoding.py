@@ -344,6 +344,11 @@ HF_CONFIGS = {
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                   intermediate_size=48, max_position_embeddings=64, bos_token_id=0,
                   eos_token_id=0),
+    # fused qkv/gate_up (kept apart here), RoPE on half of each head, window 4
+    "phi3": dict(model_type="phi3", vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                 max_position_embeddings=64, partial_rotary_factor=0.5, sliding_window=4,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=0),
 }  # fmt: skip
 REAL_PROMPTS = [[5, 9, 2], [7], [1, 3, 3, 8, 11, 4, 20, 2, 30, 6, 13], [17, 4], [40, 2, 3, 4, 5, 6]]
 

@@ -9,8 +9,9 @@ with ``fan_in_fan_out=True``, GPT-2's ``Conv1D`` (only the merged weight is tran
 So ``lora_A = aᵀ`` and ``lora_B = bᵀ`` for every module, and PEFT's scale is
 ``lora_alpha / r`` (``use_rslora``: ``/ √r``), from which each module's alpha is recovered.
 
-GPT-2's fused ``c_attn``. We adapt its q, k, v column blocks separately (the original code's
-``MergedLinear``); PEFT holds one adapter per module. The exact equivalent is one ``c_attn``
+GPT-2's fused ``c_attn`` (and Phi-3's ``qkv_proj`` / ``gate_up_proj``, separate modules here).
+We adapt its q, k, v column blocks separately (the original code's ``MergedLinear``); PEFT
+holds one adapter per module. The exact equivalent is one ``c_attn``
 adapter of rank ``R = Σ r_block`` whose A stacks the blocks' A rows and whose B is block
 diagonal (zero rows for a block without an adapter, e.g. k in the paper's q,v setting), with
 ``lora_alpha`` chosen so that PEFT's scale equals ours (for q,v at equal r: rank 2r and α
@@ -42,11 +43,11 @@ from typing import Any
 import numpy as np
 
 from lora_jax.errors import AdapterMismatch, DataError, MissingFile
-from lora_jax.lora.params import factors, iter_adapters
+from lora_jax.lora.params import factors, iter_adapters, kernel_block
 from lora_jax.lora.targeting import suffix_match
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.convert import hf_name, param_shapes
-from lora_jax.models.registry import lora_modules
+from lora_jax.models.registry import fused_modules, lora_modules
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -71,6 +72,34 @@ def _alpha(scale: float, r: int, rslora: bool) -> float:
     return float(scale * (math.sqrt(r) if rslora else r))
 
 
+def _hf_modules(cfg: ModelConfig) -> dict[tuple[str, ...], list[tuple[str, tuple[str, ...], int]]]:
+    """transformers' LoRA-adaptable modules (as our scope of the same name) -> their column
+    blocks in row order: ``(block, our module scope, width)``. GPT-2's ``c_attn``: q, k, v of
+    one kernel; Phi-3's ``qkv_proj`` / ``gate_up_proj``: the separate modules we keep
+    (``registry.FUSED``), widths from the config (k and v narrower with grouped-query heads)."""
+    modules, fused = lora_modules(cfg), fused_modules(cfg)
+    part_of = {p: whole for whole, parts in fused.items() for p in parts}
+    out: dict[tuple[str, ...], list[tuple[str, tuple[str, ...], int]]] = {}
+    for p, shape in param_shapes(cfg).items():
+        scope = p[:-1]
+        if p[-1] != "kernel" or not any(_LAYER.match(seg) for seg in scope):
+            continue
+        suffix = _suffix(scope)
+        if suffix not in modules:
+            continue
+        blocks = modules[suffix]
+        hf = scope
+        if suffix in part_of:
+            i = next(k for k, seg in enumerate(scope) if _LAYER.match(seg))
+            hf = scope[: i + 1] + tuple(part_of[suffix].split("."))
+        out.setdefault(hf, []).extend((b, scope, shape[-1] // len(blocks)) for b in blocks)
+    for hf, entries in out.items():  # a fused module's parts in the fused weight's row order
+        if len({scope for _, scope, _ in entries}) > 1:
+            parts = fused[_suffix(hf)]
+            entries.sort(key=lambda e: parts.index(_suffix(e[1])))
+    return out
+
+
 def to_peft(
     lora: Mapping[str, Any],
     cfg: ModelConfig,
@@ -84,55 +113,61 @@ def to_peft(
     scale is exported exactly either way; it only changes the alpha values written).
     ``params`` (the base): needed for a DoRA adapter on some blocks of a fused kernel only.
     """
-    modules = lora_modules(cfg)
-    by_module: dict[tuple[str, ...], dict[str, Any]] = {}
+    layout = _hf_modules(cfg)
+    where = {(scope, b): (hf, k) for hf, entries in layout.items()
+             for k, (b, scope, _) in enumerate(entries)}  # fmt: skip
+    by_module: dict[tuple[str, ...], dict[int, Any]] = {}
     for path, name, ad in iter_adapters(lora):
-        by_module.setdefault(path, {})[name] = ad
+        if (path, name) not in where:
+            raise DataError(
+                f"adapter {'/'.join(path)}/{name} is no block of a {cfg.model_type} module"
+            )
+        hf, k = where[(path, name)]
+        by_module.setdefault(hf, {})[k] = ad
     state: dict[str, np.ndarray] = {}
     ranks: dict[str, tuple[int, float]] = {}
     fused: dict[str, Any] = {}
-    for path, ads in by_module.items():
-        blocks = modules[_suffix(path)]
-        name = module_name(path, cfg)
-        present = [b for b in blocks if b in ads]
-        fac = [factors(ads[b]) for b in present]  # PiSSA/OLoRA: the converted rank-2r factors
+    for hf, ads in by_module.items():
+        entries = layout[hf]
+        blocks = [b for b, _, _ in entries]
+        name = module_name(hf, cfg)
+        present = sorted(ads)
+        fac = [factors(ads[k]) for k in present]  # PiSSA/OLoRA: the converted rank-2r factors
         a_s = [np.asarray(a, np.float32) for a, _ in fac]
         b_s = [np.asarray(b, np.float32) for _, b in fac]
-        s_s = [float(np.asarray(ads[b]["scale"])) for b in present]
-        dora = ["m" in ads[b] for b in present]
+        s_s = [float(np.asarray(ads[k]["scale"])) for k in present]
+        dora = ["m" in ads[k] for k in present]
         if any(dora) and not all(dora):
             raise DataError(f"{name}: DoRA on some blocks of a fused kernel and not others")
         big_s = s_s[0]
-        if len(blocks) == 1:
+        if len(entries) == 1:
             a_t, b_t, r = a_s[0].T, b_s[0].T, a_s[0].shape[1]
         else:  # fused kernel: one block-structured adapter of rank Σ r_block
-            width = b_s[0].shape[1]
+            starts = np.cumsum([0] + [w for _, _, w in entries])
             r = sum(a.shape[1] for a in a_s)
             a_t = np.concatenate([a.T for a in a_s], 0)
-            b_t = np.zeros((width * len(blocks), r), np.float32)
-            col, layout = 0, {}
-            for blk, a, b, s in zip(present, a_s, b_s, s_s):
-                k, row = a.shape[1], blocks.index(blk) * width
-                b_t[row : row + width, col : col + k] = b.T * (s / big_s)
-                layout[blk] = {"rows": [row, row + width], "rank_cols": [col, col + k], "r": k}
-                col += k
+            b_t = np.zeros((int(starts[-1]), r), np.float32)
+            col, rows = 0, {}
+            for k, a, b, s in zip(present, a_s, b_s, s_s):
+                n, row, width = a.shape[1], int(starts[k]), entries[k][2]
+                b_t[row : row + width, col : col + n] = b.T * (s / big_s)
+                rows[blocks[k]] = {"rows": [row, row + width], "rank_cols": [col, col + n], "r": n}
+                col += n
             fused[name] = {
-                "blocks": layout,
-                "zero_blocks": [b for b in blocks if b not in ads],
+                "blocks": rows,
+                "zero_blocks": [b for k, b in enumerate(blocks) if k not in ads],
                 "note": (
-                    f"lora-jax adapts the column blocks {present} of this fused kernel separately; "
-                    f"exported as one rank-{r} adapter (A stacks the blocks' A, B is block "
-                    f"structured with zeros elsewhere) with lora_alpha set so that PEFT's scale "
-                    f"equals lora-jax's ({big_s:g}): the exact same ΔW"
+                    f"lora-jax adapts the column blocks {[blocks[k] for k in present]} of this "
+                    f"fused kernel separately; exported as one rank-{r} adapter (A stacks the "
+                    f"blocks' A, B is block structured with zeros elsewhere) with lora_alpha set "
+                    f"so that PEFT's scale equals lora-jax's ({big_s:g}): the exact same ΔW"
                 ),
             }
         state[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_t)
         state[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_t)
         if any(dora):
-            state[f"{PREFIX}{name}.lora_magnitude_vector"] = _magnitude(
-                ads, blocks, path, params, name
-            )
-        converted = [b for b in present if "a0" in ads[b]]
+            state[f"{PREFIX}{name}.lora_magnitude_vector"] = _magnitude(ads, entries, params, name)
+        converted = [blocks[k] for k in present if "a0" in ads[k]]
         if converted:
             fused.setdefault(name, {})["converted"] = (
                 f"PiSSA/OLoRA blocks {converted} exported as the plain LoRA adapter PEFT converts "
@@ -142,28 +177,22 @@ def to_peft(
     return state, ranks, fused
 
 
-def _magnitude(ads, blocks, path, params, name: str) -> np.ndarray:
+def _magnitude(ads, entries, params, name: str) -> np.ndarray:
     """DoRA's magnitude over the module's whole output (absent blocks of a fused kernel: the
     base columns' norms, a factor of exactly 1 as PEFT computes it for a zero ΔW)."""
     parts = []
-    for blk in blocks:
-        if blk in ads:
-            parts.append(np.asarray(ads[blk]["m"], np.float32))
+    for k, (blk, scope, _) in enumerate(entries):
+        if k in ads:
+            parts.append(np.asarray(ads[k]["m"], np.float32))
             continue
         if params is None:
             raise DataError(
                 f"{name}: a DoRA adapter on part of a fused kernel needs the base params to "
                 "export (save_peft(..., params=base_params))"
             )
-        node = params
-        for seg in path:
-            node = node[seg]
-        kernel = node["kernel"]
-        kernel = kernel.dequantize(np.float32) if hasattr(kernel, "dequantize") else kernel
-        w = np.asarray(kernel, np.float32)
-        width = w.shape[1] // len(blocks)
-        i = blocks.index(blk)
-        parts.append(np.linalg.norm(w[:, i * width : (i + 1) * width], axis=0))
+        own = [b for b, s, _ in entries if s == scope]  # the blocks of this scope's kernel
+        w = np.asarray(kernel_block(params, scope, own.index(blk), len(own)), np.float32)
+        parts.append(np.linalg.norm(w, axis=0))
     return np.ascontiguousarray(np.concatenate(parts))
 
 
@@ -244,11 +273,6 @@ def save_peft(
 # ----------------------------------------------------------------------------- import
 
 
-def _module_paths(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
-    """transformers module name -> our module scope, for every kernel of the model."""
-    return {module_name(p[:-1], cfg): p[:-1] for p in param_shapes(cfg) if p[-1] == "kernel"}
-
-
 def _pattern(patterns: Mapping[str, Any], name: str) -> Any:
     for key, value in patterns.items():
         if suffix_match(key, name):  # PEFT's get_pattern_key rule: (.*\.)?(key)$
@@ -259,7 +283,8 @@ def _pattern(patterns: Mapping[str, Any], name: str) -> Any:
 def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
     """A PEFT LoRA adapter folder -> our LoRA tree (float32) for a model with config ``cfg``.
 
-    Fused kernels (GPT-2 ``c_attn``) are split into their q, k, v blocks; a block whose B rows
+    Fused kernels (GPT-2 ``c_attn``, Phi-3 ``qkv_proj`` / ``gate_up_proj``) are split into
+    their blocks (Phi-3: the separate q/k/v, gate/up modules); a block whose B rows
     are all zero gets no adapter, and the A rows whose B columns are zero within a block are
     dropped (exact: they add nothing to that block's ΔW).
     """
@@ -283,7 +308,8 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
             "LoRA factors only"
         )
     state = load_file(str(folder / WEIGHTS_NAME))
-    paths, modules = _module_paths(cfg), lora_modules(cfg)
+    layout = _hf_modules(cfg)
+    paths = {module_name(hf, cfg): hf for hf in layout}
     rslora = bool(pc.get("use_rslora"))
     tree: dict = {}
     for key in sorted(k for k in state if k.endswith(".lora_A.weight")):
@@ -302,24 +328,30 @@ def load_peft(adapter_dir: str | Path, cfg: ModelConfig) -> dict:
         r = a.shape[0]
         alpha = _pattern(pc.get("alpha_pattern") or {}, name) or pc.get("lora_alpha", 8)
         scale = np.float32(alpha / (math.sqrt(r) if rslora else r))
-        path = paths[name]
-        blocks = modules[_suffix(path)]
-        width = b.shape[0] // len(blocks)
-        node = tree
-        for seg in path:
-            node = node.setdefault(seg, {})
-        for i, blk in enumerate(blocks):
-            b_blk = b[i * width : (i + 1) * width].T  # [R, width]
-            keep = np.any(b_blk != 0, axis=1) if len(blocks) > 1 else np.ones(r, bool)
+        entries = layout[paths[name]]
+        if b.shape[0] != sum(w for _, _, w in entries):
+            raise AdapterMismatch(
+                f"{key}: lora_B has {b.shape[0]} rows, the {cfg.model_type} module {name} has "
+                f"{sum(w for _, _, w in entries)} outputs; the adapter is for another model"
+            )
+        row = 0
+        for blk, scope, width in entries:
+            b_blk = b[row : row + width].T  # [R, width]
+            m_blk = None if mag is None else mag[row : row + width]
+            row += width
+            keep = np.any(b_blk != 0, axis=1) if len(entries) > 1 else np.ones(r, bool)
             if not keep.any():
                 continue  # (DoRA: such a block's magnitude is its base norm, a factor of 1)
+            node = tree
+            for seg in scope:
+                node = node.setdefault(seg, {})
             node[blk] = {
                 "a": np.ascontiguousarray(a.T[:, keep]),
                 "b": np.ascontiguousarray(b_blk[keep]),
                 "scale": scale,
             }
-            if mag is not None:
-                node[blk]["m"] = np.asarray(mag[i * width : (i + 1) * width], np.float32)
+            if m_blk is not None:
+                node[blk]["m"] = np.asarray(m_blk, np.float32)
     if not tree:
         raise DataError(f"{folder}/{WEIGHTS_NAME} holds no lora_A/lora_B tensors")
     return tree

@@ -14,7 +14,8 @@ PEFT's module names without the ``transformer.``/``model.`` prefix: ``h.0.attn.c
 - a list item that is not one matches a module id exactly or as a suffix after a ``.``
   (``q_proj``, ``c_attn``, ``mlp.c_fc``); for a fused module it may name one block
   (``c_attn.v``). GPT-2's ``c_attn`` named as a module selects the whole fused kernel (q, k, v),
-  as PEFT adapts the whole Conv1D;
+  as PEFT adapts the whole Conv1D; so does Phi-3's ``qkv_proj`` (``gate_up_proj``: gate and
+  up), whose parts are separate modules here (``registry.FUSED``);
 - one string that is not a preset is a regex that must fullmatch the module id (or the block
   id ``<module id>.<block>``), PEFT's ``re.fullmatch(target_modules, key)``;
 - ``exclude_modules``: the same rules (list: names/suffixes; string: regex), applied after;
@@ -46,6 +47,7 @@ class Candidate:
     n_blocks: int
     d_in: int
     d_out: int
+    fused_id: str | None = None  # the HF module it is part of (Phi-3's layers.0.self_attn.qkv_proj)
 
     @property
     def module_id(self) -> str:
@@ -84,6 +86,7 @@ def candidates(
 ) -> list[Candidate]:
     """Every targetable block of every layer, in params order."""
     found: list[Candidate] = []
+    fused_of = getattr(lora_modules, "fused", {})  # registry.ModuleMap (Phi-3)
 
     def walk(node: Mapping[str, Any], path: tuple[str, ...]) -> None:
         if "kernel" in node and not isinstance(node["kernel"], Mapping):
@@ -103,8 +106,14 @@ def candidates(
                 return
             d_in, d_out = kernel.shape
             width = d_out // len(blocks)
+            fused = next((f for f, parts in fused_of.items() if suffix in parts), None)
+            fused_id = None
+            if fused is not None:
+                fused_id = module_id(path[: i + 1] + tuple(fused.split(".")))
             for b, name in enumerate(blocks):
-                found.append(Candidate(path, name, int(m["idx"]), b, len(blocks), d_in, width))
+                found.append(
+                    Candidate(path, name, int(m["idx"]), b, len(blocks), d_in, width, fused_id)
+                )
             return
 
     walk(params, ())
@@ -134,7 +143,8 @@ def _select(
     """The (path, block) pairs ``spec`` (a targets / exclude_modules value) matches."""
     if isinstance(spec, str) and spec not in PRESETS:
         rx = re.compile(spec)  # validated by LoraConfig
-        hit = [c for c in cands if rx.fullmatch(c.module_id) or rx.fullmatch(c.id)]
+        hit = [c for c in cands if rx.fullmatch(c.module_id) or rx.fullmatch(c.id)
+               or (c.fused_id is not None and rx.fullmatch(c.fused_id))]  # fmt: skip
         if not hit:
             raise ConfigError(
                 f"{field}={spec!r} is a regex (a single string that is not a preset) and "
@@ -150,7 +160,8 @@ def _select(
                 raise ConfigError(f"{field} names {item!r}, which this model lacks; {help_text}")
             hit = [c for c in cands if c.name in PRESETS[item]]
         else:
-            hit = [c for c in cands if _is_suffix(item, c.module_id) or _is_suffix(item, c.id)]
+            hit = [c for c in cands if _is_suffix(item, c.module_id) or _is_suffix(item, c.id)
+                   or (c.fused_id is not None and _is_suffix(item, c.fused_id))]  # fmt: skip
         if not hit:
             raise ConfigError(
                 f"{field} item {item!r} matches no module: list items are short names, presets "

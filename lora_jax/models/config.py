@@ -137,6 +137,11 @@ class ModelConfig:
         d, h = hf["hidden_size"], hf["num_attention_heads"]
         n_layers = hf["num_hidden_layers"]
         rope_theta, rope_scaling, local_theta, partial = _rope(hf)
+        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) == "longrope":
+            # Phi-3 keeps the pretraining length outside the rope dict; transformers prefers it
+            orig = hf.get("original_max_position_embeddings")
+            orig = orig or rope_scaling.get("original_max_position_embeddings")
+            rope_scaling = {**rope_scaling, "original_max_position_embeddings": orig}
         gemma = FAMILY[mt] == "gemma"
         return cls(
             model_type=mt,

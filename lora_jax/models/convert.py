@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lora_jax.errors import DataError
+from lora_jax.errors import ConfigError, DataError
 from lora_jax.models.config import ModelConfig
-from lora_jax.models.registry import as_dtype, build_model
+from lora_jax.models.registry import as_dtype, build_model, fused_modules
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,59 @@ def _lookup(state_dict: dict[str, Any], name: str) -> Any:
     return None
 
 
+_FUSED_KEY = re.compile(r"^(?P<pre>(?:.*\.)?layers\.(?P<idx>\d+)\.)(?P<mod>.+)\.weight$")
+
+
+def unfuse(state_dict: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
+    """Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` weights -> the q/k/v and gate/up weights
+    this model keeps apart (rows in order, widths from the config). Other families: as given."""
+    fused = fused_modules(cfg)
+    if not fused:
+        return state_dict
+    shapes = param_shapes(cfg)
+    out = dict(state_dict)
+    for key, tensor in state_dict.items():
+        m = _FUSED_KEY.match(key)
+        if m is None or m["mod"] not in fused:
+            continue
+        if hasattr(tensor, "to_kernel"):
+            raise ConfigError(
+                f"{key}: GGUF blocks cannot be kept packed (model.quant=keep) for a fused "
+                f"{cfg.model_type} weight; use model.quant=none or model.quant=nf4"
+            )
+        arr = np.asarray(tensor)
+        parts = fused[m["mod"]]
+        widths = [shapes[(f"layers_{m['idx']}", *p.split("."), "kernel")][1] for p in parts]
+        if arr.shape[0] != sum(widths):
+            raise DataError(
+                f"tensor {key!r} has {arr.shape[0]} rows but the config implies {sum(widths)} "
+                f"({' + '.join(map(str, widths))} for {', '.join(parts)}); check that the "
+                "checkpoint matches its config.json"
+            )
+        start = 0
+        for part, w in zip(parts, widths):
+            out[f"{m['pre']}{part}.weight"] = arr[start : start + w]
+            start += w
+        del out[key]
+    return out
+
+
+def fuse(state: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The inverse of :func:`unfuse` on an HF-named state dict (Phi-3 exports)."""
+    fused = fused_modules(cfg)
+    if not fused:
+        return state
+    out = dict(state)
+    for i in range(cfg.num_layers):
+        for whole, parts in fused.items():
+            names = [f"model.layers.{i}.{p}.weight" for p in parts]
+            if all(n in out for n in names):
+                out[f"model.layers.{i}.{whole}.weight"] = np.concatenate(
+                    [out.pop(n) for n in names]
+                )
+    return out
+
+
 def params_from_hf(
     state_dict: dict[str, np.ndarray], cfg: ModelConfig, param_dtype: Any = jnp.float32
 ) -> dict:
@@ -66,6 +119,7 @@ def params_from_hf(
     Raises ValueError naming the tensor when one is missing or its shape disagrees with cfg.
     """
     dtype = as_dtype(param_dtype)
+    state_dict = unfuse(state_dict, cfg)
     flat, used = {}, set()
     for path, shape in param_shapes(cfg).items():
         name, transposed = hf_name(path, cfg)
@@ -105,4 +159,4 @@ def params_to_hf(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
         name, transposed = hf_name(path, cfg)
         arr = np.asarray(value)
         out[name] = np.ascontiguousarray(arr.T) if transposed else arr
-    return out
+    return fuse(out, cfg)

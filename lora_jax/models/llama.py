@@ -1,8 +1,15 @@
-"""The Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3) as a Flax linen module, numerically
-matching transformers' ``LlamaForCausalLM`` (and Mistral/Qwen2/Qwen3's): RMSNorm, rotary
-positions (default / linear / llama3 scaling), grouped-query attention, SwiGLU MLP, tied or
-untied LM head, optional q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3), sliding-window
-attention in all layers (Mistral) or in those ``layer_types`` names (Qwen2/Qwen3).
+"""The Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, Phi-3) as a Flax linen module,
+numerically matching transformers' ``LlamaForCausalLM`` (and Mistral/Qwen2/Qwen3/Phi-3's):
+RMSNorm, rotary positions (default / linear / llama3 / longrope scaling, partial rotary dims),
+grouped-query attention, SwiGLU MLP, tied or untied LM head, optional q/k/v bias (Qwen2),
+per-head q/k RMSNorm (Qwen3), sliding-window attention in all layers (Mistral, Phi-3) or in
+those ``layer_types`` names (Qwen2/Qwen3).
+
+Phi-3 stores q/k/v as one ``qkv_proj`` ([q; k; v] rows, k and v of the KV heads' width) and
+gate/up as one ``gate_up_proj``; its architecture is otherwise Llama's. Here they are kept
+apart (:data:`PHI3_FUSED`; the loader splits them, the HF and PEFT exports fuse them back), so a
+LoRA block on ``q_proj`` is exactly one on the q rows of ``qkv_proj`` (the original LoRA code's
+``MergedLinear``, as for GPT-2's ``c_attn``), whatever the head counts.
 
 Parameter tree (LoRA targeting and PEFT export rely on these names)::
 
@@ -41,6 +48,34 @@ LORA_MODULES: dict[str, tuple[str, ...]] = {
     "mlp.down_proj": ("down",),
 }
 
+# Phi-3's fused HF modules -> the modules kept apart here, in row order of the fused weight.
+PHI3_FUSED: dict[str, tuple[str, ...]] = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def longrope(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, int, float] | None:
+    """LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini) as transformers' ``_compute_longrope_parameters``:
+    ``(short inv_freq, long inv_freq, original max positions, attention factor)``, or None for
+    other rope types. The long factors apply when a call's positions pass the original length
+    (transformers' ``longrope_frequency_update``); cos/sin are scaled by the attention factor."""
+    rs = cfg.rope_scaling
+    if not rs or rs.get("rope_type", rs.get("type")) != "longrope":
+        return None
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    orig = int(rs.get("original_max_position_embeddings") or cfg.max_position_embeddings)
+    factor = rs.get("factor") or cfg.max_position_embeddings / orig
+    att = rs.get("attention_factor")
+    if att is None:
+        att = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    powers = np.float32(cfg.rope_theta) ** (
+        np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    )
+    short = 1.0 / (np.asarray(rs["short_factor"], np.float32) * powers)
+    long = 1.0 / (np.asarray(rs["long_factor"], np.float32) * powers)
+    return short.astype(np.float32), long.astype(np.float32), orig, float(att)
+
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     """Inverse frequencies ``[head_dim / 2]`` as transformers' ``modeling_rope_utils`` computes
@@ -53,6 +88,8 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         return inv
     if kind == "linear":
         return inv / float(rs["factor"])
+    if kind == "longrope":  # the short factors (positions within the original length)
+        return longrope(cfg)[0]
     if kind == "llama3":
         factor, lo, hi = (
             float(rs["factor"]),
@@ -67,17 +104,23 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
         return np.where(medium, smoothed, out).astype(np.float32)
     raise ConfigError(
-        f"unsupported rope_scaling type {kind!r}; lora-jax implements default, linear and llama3"
+        f"unsupported rope_scaling type {kind!r}; lora-jax implements default, linear, llama3 "
+        "and longrope"
     )
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+def apply_rope(
+    x: jax.Array, positions: jax.Array, inv_freq: Any, attention_factor: float = 1.0
+) -> jax.Array:
     """Rotate ``x: [B, T, H, hd]`` by ``positions: [B, T]`` (HF's rotate_half layout). With
     fewer frequencies than ``hd / 2`` (Phi-3's partial_rotary_factor) only the first
-    ``2·len(inv_freq)`` dims of each head rotate; the rest pass through."""
+    ``2·len(inv_freq)`` dims of each head rotate; the rest pass through. ``attention_factor``
+    scales cos and sin (LongRoPE)."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, rot/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
     x32 = x.astype(jnp.float32)
     rot = emb.shape[-1]
     x32, rest = x32[..., :rot], x32[..., rot:]
@@ -167,9 +210,14 @@ class LlamaAttention(LlamaCommon):
         q, k = q.reshape(b, t, h, hd), k.reshape(b, t, kvh, hd)
         if cfg.qk_norm:  # Qwen3: RMSNorm over each head's dims, before RoPE
             q, k = self.norm("q_norm")(q), self.norm("k_norm")(k)
-        inv_freq = rope_inv_freq(cfg)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        lr = longrope(cfg)
+        if lr is None:
+            inv_freq, factor = rope_inv_freq(cfg), 1.0
+        else:  # the long factors once this call's positions pass the original length
+            short, long, orig, factor = lr
+            inv_freq = jnp.where(jnp.max(positions) + 1 > orig, long, short)
+        q = apply_rope(q, positions, inv_freq, factor)
+        k = apply_rope(k, positions, inv_freq, factor)
         k, v, new_cache = att.write_and_read(layer_cache, k, v.reshape(b, t, kvh, hd), spec)
         out = att.attend(q, k, v, spec, self.window).reshape(b, t, h * hd)
         return self.dense(cfg.hidden_size, "self_attn.o_proj", o_bias)(

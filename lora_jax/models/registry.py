@@ -18,12 +18,27 @@ MODELS: dict[str, type[nn.Module]] = {
     "gpt2": gpt2.GPT2LMHeadModel,
     "llama": llama.LlamaForCausalLM,
     "gemma": gemma.GemmaForCausalLM,
+    "phi3": llama.LlamaForCausalLM,  # Llama with fused weights, kept apart (llama.PHI3_FUSED)
 }
 LORA_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "gpt2": gpt2.LORA_MODULES,
     "llama": llama.LORA_MODULES,
     "gemma": gemma.LORA_MODULES,
+    "phi3": llama.LORA_MODULES,
 }
+# HF's fused modules per family -> the modules we keep apart (row order of the fused weight)
+FUSED: dict[str, dict[str, tuple[str, ...]]] = {"phi3": llama.PHI3_FUSED}
+
+
+class ModuleMap(dict):
+    """``{module suffix: blocks}`` plus ``fused``: the family's HF-fused modules (Phi-3's
+    ``self_attn.qkv_proj`` -> q/k/v_proj), which targeting accepts as names."""
+
+    fused: dict[str, tuple[str, ...]]
+
+    def __init__(self, modules: dict, fused: dict | None = None):
+        super().__init__(modules)
+        self.fused = dict(fused or {})
 
 
 def as_dtype(dtype: Any) -> Any:
@@ -61,13 +76,19 @@ def init_cache(
     )
 
 
-def lora_modules(cfg_or_family: ModelConfig | str) -> dict[str, tuple[str, ...]]:
+def lora_modules(cfg_or_family: ModelConfig | str) -> ModuleMap:
     """Module path after the layer scope (dotted) -> LoRA column blocks, e.g. for GPT-2
-    ``{"attn.c_attn": ("q", "k", "v"), ...}``. Accepts a config, a family or a model_type."""
+    ``{"attn.c_attn": ("q", "k", "v"), ...}`` (a dict; ``.fused``: :data:`FUSED`'s entry).
+    Accepts a config, a family or a model_type."""
     if isinstance(cfg_or_family, ModelConfig):
         family = cfg_or_family.family
     else:
         family = FAMILY.get(cfg_or_family, cfg_or_family)
     if family not in LORA_MODULES:
         raise ConfigError(f"unknown model family {cfg_or_family!r}; known: {sorted(LORA_MODULES)}")
-    return dict(LORA_MODULES[family])
+    return ModuleMap(LORA_MODULES[family], FUSED.get(family))
+
+
+def fused_modules(cfg_or_family: ModelConfig | str) -> dict[str, tuple[str, ...]]:
+    """HF's fused module suffix -> the suffixes of the modules lora-jax keeps apart (Phi-3)."""
+    return lora_modules(cfg_or_family).fused

@@ -31,6 +31,10 @@ HF = {
     "qwen3": dict(model_type="qwen3", vocab_size=64, hidden_size=16, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=12, intermediate_size=24,
                   max_position_embeddings=32),
+    # fused qkv_proj (k, v narrower than q) and gate_up_proj, kept apart here
+    "phi3": dict(model_type="phi3", vocab_size=64, hidden_size=16, num_hidden_layers=3,
+                 num_attention_heads=2, num_key_value_heads=1, intermediate_size=24,
+                 max_position_embeddings=32, pad_token_id=0),
 }  # fmt: skip
 ALL_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -48,6 +52,11 @@ CASES = [
     ("gpt2", {"target_modules": ["c_fc", "c_proj"], "exclude_modules": ["attn.c_proj"]}),
     ("gpt2", {"target_modules": r".*\.1\.mlp\.c_fc"}),
     ("gpt2", {"target_modules": ["c_attn"], "layers_to_transform": [1]}),
+    ("phi3", {"target_modules": ["qkv_proj", "o_proj"]}),
+    ("phi3", {"target_modules": ["gate_up_proj", "mlp.down_proj"], "layers_to_transform": [0, 2]}),
+    ("phi3", {"target_modules": r".*\.1\.self_attn\.qkv_proj"}),
+    ("phi3", {"target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+              "exclude_modules": ["layers.1.mlp.gate_up_proj"]}),
 ]  # fmt: skip
 OURS = {"target_modules": "targets", "exclude_modules": "exclude_modules",
         "layers_to_transform": "layers"}  # fmt: skip
@@ -90,10 +99,14 @@ def params():
 def test_same_modules_as_peft_injection(params, family, kw):
     tree, modules = params[family]
     ours = L.resolve(L.LoraConfig(r=2, **{OURS[k]: v for k, v in kw.items()}), tree, modules)
-    assert {t.module_id for t in ours} == _peft_modules(family, kw)
-    # GPT-2's fused c_attn named as a module: the whole kernel (q, k, v), as PEFT's Conv1D.
+    # Phi-3's q/k/v_proj (gate/up_proj) are PEFT's qkv_proj (gate_up_proj)
+    assert {t.fused_id or t.module_id for t in ours} == _peft_modules(family, kw)
+    # GPT-2's fused c_attn named as a module: the whole kernel (q, k, v), as PEFT's Conv1D;
+    # Phi-3's qkv_proj: its three parts
     for mid in {t.module_id for t in ours if t.module_id.endswith("c_attn")}:
         assert sorted(t.name for t in ours if t.module_id == mid) == ["k", "q", "v"]
+    for fid in {t.fused_id for t in ours if t.fused_id and t.fused_id.endswith("qkv_proj")}:
+        assert sorted(t.name for t in ours if t.fused_id == fid) == ["k", "q", "v"]
 
 
 # The presets against PEFT's target_modules for the same modules ("all-linear": PEFT's own
@@ -127,3 +140,13 @@ def test_preset_trainable_counts_equal_peft(params, family, preset):
     assert {t.module_id for t in ours} == _peft_modules(
         family, {"target_modules": PRESET_PEFT[preset]}
     )
+
+
+def test_phi3_fused_parts_keep_their_own_widths(params):
+    """q,v on Phi-3: a block on the q rows of qkv_proj (4 heads x 8) and one on the v rows (the
+    one KV head, 8 wide), as the original LoRA code's MergedLinear adapts GPT-2's c_attn."""
+    tree, modules = params["phi3"]
+    ours = L.resolve(L.LoraConfig(r=2, targets="qv"), tree, modules)
+    assert {(t.name, t.d_in, t.d_out) for t in ours} == {("q", 16, 16), ("v", 16, 8)}
+    assert sum(t.num_params for t in ours) == 3 * 2 * ((16 + 16) + (16 + 8))
+    assert {t.fused_id for t in ours} == {f"layers.{i}.self_attn.qkv_proj" for i in range(3)}

@@ -75,6 +75,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48,
         max_position_embeddings=64, tie_word_embeddings=True,
     ),
+    # Phi-3: fused qkv_proj (grouped-query: k, v narrower than q) and gate_up_proj, RoPE on
+    # half of each head, a sliding window of 6 in every layer
+    "phi3": dict(
+        model_type="phi3", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+        max_position_embeddings=64, partial_rotary_factor=0.5, sliding_window=6,
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    ),
+    # Phi-3 128k-style LongRoPE: short factors up to 16 positions, long ones past them
+    "phi3_longrope": dict(
+        model_type="phi3", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, intermediate_size=48,
+        max_position_embeddings=64, original_max_position_embeddings=16,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.9, 2.8],
+                      "long_factor": [1.5, 2.5, 4.0, 9.0]},
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    ),
 }  # fmt: skip
 
 

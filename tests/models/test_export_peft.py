@@ -86,6 +86,10 @@ CASES = {
     "gemma3_all": ("gemma3", LoraConfig(r=4, alpha=8, targets="all")),
     "gemma2_attn": ("gemma2", LoraConfig(r=4, alpha=16, targets="attn")),
     "qwen3_qv_mlp": ("qwen3", LoraConfig(r=2, alpha=8, targets=("q", "v", "gate", "up", "down"))),
+    # Phi-3: q,v into the fused qkv_proj (k, v narrower than q: grouped-query heads), and
+    # every module (gate/up into gate_up_proj)
+    "phi3_qv": ("phi3", LoraConfig(r=4, alpha=8, targets="qv")),
+    "phi3_all": ("phi3", LoraConfig(r=2, alpha=8, targets="all")),
 }
 
 
@@ -116,13 +120,20 @@ def test_exported_adapter_loads_in_peft_with_our_logits(case, make_tiny_hf_model
         assert (pc["r"], pc["lora_alpha"], pc["fan_in_fan_out"]) == (8, 16.0, True)
         assert pc["target_modules"] == ["attn.c_attn"]
         assert "zero" in (out / "README.md").read_text()
+    elif case == "phi3_qv":  # one qkv_proj adapter of rank 2r, alpha doubled, k rows zero
+        assert (pc["r"], pc["lora_alpha"]) == (8, 16.0)
+        assert pc["target_modules"] == ["self_attn.qkv_proj"]
+    elif case == "phi3_all":
+        assert pc["target_modules"] == ["mlp.down_proj", "mlp.gate_up_proj",
+                                        "self_attn.o_proj", "self_attn.qkv_proj"]  # fmt: skip
     elif case == "llama_patterns":
         assert pc["rank_pattern"] == {r"model\.layers\.1\.self_attn\.v_proj": 2}
         assert set(pc["alpha_pattern"].values()) == {3.0}
 
 
 @pytest.mark.parametrize("kind,targets", [("llama_gqa", ["q_proj", "v_proj", "o_proj"]),
-                                          ("gpt2", ["c_attn", "mlp.c_proj"])])  # fmt: skip
+                                          ("gpt2", ["c_attn", "mlp.c_proj"]),
+                                          ("phi3", ["qkv_proj", "gate_up_proj", "o_proj"])])  # fmt: skip
 def test_peft_made_adapter_imports_with_peft_logits(kind, targets, make_tiny_hf_model, tmp_path):
     import torch
     from peft import LoraConfig as PeftLoraConfig
@@ -149,7 +160,7 @@ def test_peft_made_adapter_imports_with_peft_logits(kind, targets, make_tiny_hf_
     )
 
 
-@pytest.mark.parametrize("kind", ["llama_gqa", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama_gqa", "gpt2", "phi3"])
 def test_merged_hf_folder_loads_in_transformers(kind, make_tiny_hf_model, tmp_path):
     from lora_jax.run.run_adapter import load_base
 

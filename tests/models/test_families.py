@@ -60,8 +60,21 @@ def test_packed_rows_give_each_examples_logits(kind, block, make_tiny_hf_model):
         ("gemma2", dict(attn_logit_softcapping=None)),
         ("gemma2", dict(final_logit_softcapping=None)),
         ("qwen3", dict(qk_norm=False)),
+        ("phi3", dict(sliding_window=None)),
+        ("phi3", dict(partial_rotary_factor=1.0)),
+        ("phi3_longrope", dict(rope_scaling=None)),
     ],
-    ids=["window", "local_rope", "score_scale", "attn_softcap", "final_softcap", "qk_norm"],
+    ids=[
+        "window",
+        "local_rope",
+        "score_scale",
+        "attn_softcap",
+        "final_softcap",
+        "qk_norm",
+        "phi3_window",
+        "partial_rope",
+        "longrope",
+    ],  # fmt: skip
 )
 def test_each_feature_changes_the_logits(kind, change, make_tiny_hf_model):
     """Else the parity test on these checkpoints would not prove the feature is implemented."""

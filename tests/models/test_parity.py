@@ -26,6 +26,8 @@ KINDS = [
     "gemma2",
     "qwen3",
     "qwen2_window",
+    "phi3",
+    "phi3_longrope",
 ]
 
 
@@ -92,6 +94,28 @@ def test_llama3_rope_scaling_is_exercised(make_tiny_hf_model):
 
 
 @pytest.mark.torch
+def test_longrope_past_the_original_length_matches_transformers(make_tiny_hf_model):
+    """24 positions, past original_max_position_embeddings=16: transformers switches to the
+    long factors for the whole call (longrope_frequency_update), and so do we; the short
+    factors alone would differ (the switch is exercised)."""
+    path = make_tiny_hf_model("phi3_longrope")
+    cfg, state = load_dir(path)
+    ids = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
+    mask = np.ones_like(ids)
+    positions = np.broadcast_to(np.arange(24, dtype=np.int32), ids.shape)
+    ref = torch_logits(path, ids, mask, positions)
+    params = convert.params_from_hf(state, cfg)
+    with jax.default_matmul_precision("highest"):
+        logits, _ = build_model(cfg).apply({"params": params}, ids, mask)
+        short = {**cfg.rope_scaling, "long_factor": cfg.rope_scaling["short_factor"]}
+        only_short, _ = build_model(cfg.replace(rope_scaling=short)).apply(
+            {"params": params}, ids, mask
+        )
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-4, rtol=0)
+    assert np.abs(np.asarray(only_short) - ref).max() > 1e-2
+
+
+@pytest.mark.torch
 def test_sliding_window_matches_transformers(make_tiny_hf_model):
     path = make_tiny_hf_model("mistral", sliding_window=4)
     cfg, state = load_dir(path)
@@ -109,7 +133,9 @@ def test_sliding_window_matches_transformers(make_tiny_hf_model):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("kind", ["gpt2", "llama_gqa", "llama_tied", "qwen2", "gemma3", "qwen3"])
+@pytest.mark.parametrize(
+    "kind", ["gpt2", "llama_gqa", "llama_tied", "qwen2", "gemma3", "qwen3", "phi3"]
+)
 def test_init_tree_equals_converted_tree_and_roundtrip(kind, make_tiny_hf_model):
     cfg, state = load_dir(make_tiny_hf_model(kind))
     params = convert.params_from_hf(state, cfg)
