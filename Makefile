@@ -42,8 +42,11 @@ lock:
 demo: setup
 	$(ENV) $(PY) -m lora_jax.train $(ARGS)
 
+# TEST_WORKERS pytest-xdist processes (2: this project's 2-core CI machine; each worker may hold a
+# real model, ~3 GB), files kept whole per worker (module fixtures load once). 0: one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(ENV) $(PY) -m pytest -q $(ARGS)
+	$(ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check lora_jax tests && $(VENV)/bin/ruff format --check lora_jax tests

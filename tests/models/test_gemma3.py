@@ -139,7 +139,9 @@ def test_logits_match_transformers(both):
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=str(len(ids)))
     global_only = build_model(ours.config.replace(sliding_window=None))
-    wide = global_only.apply({"params": ours.params}, np.asarray([rows[-1]], np.int32))[0][0]
+    wide = jax.jit(lambda params, ids: global_only.apply({"params": params}, ids)[0])(
+        ours.params, np.asarray([rows[-1]], np.int32)
+    )[0]
     assert float(np.abs(np.asarray(wide) - want)[512:].max()) > 1.0
 
 

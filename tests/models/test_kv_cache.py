@@ -118,7 +118,10 @@ def test_smollm2_greedy_cached_decoding_equals_full_forward(smollm2_gguf):  # no
     mask = np.zeros((2, width), np.int32)
     for i, r in enumerate(rows):
         ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
-    apply = jax.jit(lambda i, m, c: lm.module.apply({"params": lm.params}, i, m, cache=c))
+    # the weights are an argument: closed over, they would be baked into the program as
+    # constants (135M of them), which XLA compiles slowly
+    fn = jax.jit(lambda p, i, m, c: lm.module.apply({"params": p}, i, m, cache=c))
+    apply = lambda i, m, c: fn(lm.params, i, m, c)  # noqa: E731
     logits, cache = apply(ids, mask, init_cache(lm.config, 2, width + 4))
     steps = []
     for _ in range(4):
