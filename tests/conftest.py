@@ -121,3 +121,26 @@ def pytest_runtest_makereport(item, call):
         rep.outcome = "failed"
         rep.longrepr = (f"skipped in CI ({reason}): CI must have every reference library, "
                         "tool and data file the tests compare against")  # fmt: skip
+
+
+# Under pytest-xdist (make test: 2 workers, whole files per worker) a long file that starts last
+# leaves the other worker idle at the end. Files holding real-model (slow) tests and the files
+# that took longest in the 2026-12-05 clean-clone CI run (subprocess training runs) go first;
+# the order is otherwise the collection order (a stable sort), files stay whole.
+LONG_FILES = {
+    "tests/sharding/test_spawn.py", "tests/test_step_train_levers.py",
+    "tests/train/test_packing_run.py", "tests/sharding/test_multiprocess.py",
+    "tests/train/test_resume.py", "tests/sweeps/test_sweep.py", "tests/test_hostmem.py",
+    "tests/packed/test_preemption.py", "tests/packed/test_launcher.py",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(str(config.rootpath))
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def first(item) -> bool:
+        rel = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        return item.path in slow or rel in LONG_FILES
+
+    items.sort(key=lambda item: not first(item))

@@ -212,8 +212,8 @@ def test_unsupported_architecture():
 def test_unsupported_rope_type():
     from lora_jax.models.llama import rope_inv_freq
 
-    cfg = _tiny_llama_cfg().replace(rope_scaling={"rope_type": "longrope", "factor": 2.0})
-    with pytest.raises(ValueError, match="longrope"):
+    cfg = _tiny_llama_cfg().replace(rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    with pytest.raises(ValueError, match="yarn"):
         rope_inv_freq(cfg)
 
 
