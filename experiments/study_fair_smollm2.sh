@@ -2,7 +2,7 @@
 # The fair rank x target study on SmolLM2-135M-Instruct x E2E (CPU budget), in resumable parts.
 #
 #   bash experiments/study_fair_smollm2.sh rank1     # seed 0: 4 target sets x 5 ranks x 3 lrs
-#   bash experiments/study_fair_smollm2.sh full1     # seed 0: full fine-tuning x 3 lrs
+#   bash experiments/study_fair_smollm2.sh full1     # seed 0: full fine-tuning x 4 lrs
 #   bash experiments/study_fair_smollm2.sh matched1  # seed 0: 2 matched-budget cells x 3 lrs
 #   bash experiments/study_fair_smollm2.sh rank2 | full2 | matched2   # seeds 1, 2 at each pick
 #   bash experiments/study_fair_smollm2.sh report    # the tables, experiments/results/...
@@ -34,8 +34,10 @@ LORA=(lora.alpha=16 lora.init=kaiming)
 # The grids: a first pack at batch 8 picked 3e-3 (the top of 3e-4..3e-3) for q,v r=1, so the
 # LoRA grid starts at 1e-3; full fine-tuning's is 10x lower ("LoRA Without Regret": the best
 # LoRA lr is about 10x full fine-tuning's).
+# Full fine-tuning's seed-0 part picked 3e-4, the top of 3e-5..3e-4 (validation loss 1.656, 1.466,
+# 1.429), so 1e-3 was appended: rerunning full1 keeps jobs 0-2 and adds job 3.
 LORA_LRS=1e-3,3e-3,1e-2
-FULL_LRS=3e-5,1e-4,3e-4
+FULL_LRS=3e-5,1e-4,3e-4,1e-3
 # 3 adapters per pack: a pack of 4 held 20 GiB of host memory (the process keeps its peak: the
 # malloc policy, README "Speed and memory levers"), a pack of 8 swapped on this 24 GiB, 2-core
 # machine. Each pack trains its jobs in one compiled step.
