@@ -9,6 +9,7 @@ weights (``[out, in]``) are transposed, GPT-2's ``Conv1D`` weights are already `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from typing import Any
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lora_jax.errors import ConfigError, DataError
+from lora_jax.errors import DataError
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import as_dtype, build_model, fused_modules
 
@@ -73,12 +74,8 @@ def unfuse(state_dict: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
         m = _FUSED_KEY.match(key)
         if m is None or m["mod"] not in fused:
             continue
-        if hasattr(tensor, "to_kernel"):
-            raise ConfigError(
-                f"{key}: GGUF blocks cannot be kept packed (model.quant=keep) for a fused "
-                f"{cfg.model_type} weight; use model.quant=none or model.quant=nf4"
-            )
-        arr = np.asarray(tensor)
+        kept = hasattr(tensor, "to_kernel")  # GGUF blocks: each row is one output feature
+        arr = tensor.blocks if kept else np.asarray(tensor)
         parts = fused[m["mod"]]
         widths = [shapes[(f"layers_{m['idx']}", *p.split("."), "kernel")][1] for p in parts]
         if arr.shape[0] != sum(widths):
@@ -89,7 +86,12 @@ def unfuse(state_dict: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
             )
         start = 0
         for part, w in zip(parts, widths):
-            out[f"{m['pre']}{part}.weight"] = arr[start : start + w]
+            rows = arr[start : start + w]
+            if kept:  # whole rows of blocks: the split stays packed
+                rows = dataclasses.replace(
+                    tensor, blocks=np.ascontiguousarray(rows), shape=(w, tensor.shape[1])
+                )
+            out[f"{m['pre']}{part}.weight"] = rows
             start += w
         del out[key]
     return out

@@ -24,6 +24,11 @@ LLAMA_NAMES = {
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }  # fmt: skip
+PHI3_NAMES = {  # gguf-py tensor_mapping.py, MODEL_ARCH.PHI3: the fused weights stay fused
+    "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+    "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+}  # fmt: skip
 GPT2_NAMES = {
     "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
     "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
@@ -42,8 +47,14 @@ def llama_cpp_permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.n
 
 
 def gguf_name(hf: str, arch: str) -> str:
+    llama_top = {
+        "model.embed_tokens": "token_embd",
+        "model.norm": "output_norm",
+        "lm_head": "output",
+    }
     top = {
-        "llama": {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"},
+        "llama": llama_top,
+        "phi3": llama_top,
         "gpt2": {"transformer.wte": "token_embd", "transformer.wpe": "position_embd",
                  "transformer.ln_f": "output_norm", "lm_head": "output"},
     }[arch]  # fmt: skip
@@ -52,7 +63,8 @@ def gguf_name(hf: str, arch: str) -> str:
         return f"{top[stem]}.{kind}"
     parts = stem.split(".")
     layer, module = parts[2], ".".join(parts[3:])
-    return f"blk.{layer}.{(LLAMA_NAMES if arch == 'llama' else GPT2_NAMES)[module]}.{kind}"
+    names = {"llama": LLAMA_NAMES, "phi3": PHI3_NAMES, "gpt2": GPT2_NAMES}[arch]
+    return f"blk.{layer}.{names[module]}.{kind}"
 
 
 def tokenizer_metadata(folder: Path) -> dict[str, Any]:
@@ -101,6 +113,32 @@ def write_gguf(
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_vocab_size(cfg["vocab_size"])
+    elif (
+        arch == "phi3"
+    ):  # as llama.cpp's Phi3MiniModel.set_gguf_parameters / generate_extra_tensors
+        d, h = cfg["hidden_size"], cfg["num_attention_heads"]
+        rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}  # transformers 4 / 5
+        orig = cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
+        w.add_context_length(cfg["max_position_embeddings"])
+        w.add_rope_scaling_orig_ctx_len(orig)
+        w.add_embedding_length(d)
+        w.add_feed_forward_length(cfg["intermediate_size"])
+        w.add_block_count(cfg["num_hidden_layers"])
+        w.add_head_count(h)
+        w.add_head_count_kv(cfg["num_key_value_heads"])
+        w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
+        w.add_rope_dimension_count(int(cfg.get("partial_rotary_factor", 1.0) * d) // h)
+        w.add_rope_freq_base(float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0))
+        w.add_sliding_window(cfg.get("sliding_window") or 0)
+        if rope.get("long_factor"):
+            import math
+
+            scale = cfg["max_position_embeddings"] / orig
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(orig)))
+            for name in ("long", "short"):
+                w.add_tensor(
+                    f"rope_factors_{name}.weight", np.asarray(rope[f"{name}_factor"], np.float32)
+                )
     else:
         w.add_block_count(cfg["n_layer"])
         w.add_context_length(cfg["n_positions"])

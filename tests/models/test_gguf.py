@@ -120,6 +120,33 @@ def test_gpt2_round_trip_transposes_conv1d(make_tiny_hf_model, tmp_path):
     assert tokenizer is not None and tokenizer.vocab_size == cfg["vocab_size"]
 
 
+@pytest.mark.parametrize("kind", ["phi3", "phi3_longrope"])
+def test_phi3_gguf_reads_as_its_safetensors_checkpoint(make_tiny_hf_model, tmp_path, kind):
+    """A Phi-3 GGUF written as llama.cpp's Phi3MiniModel writes it (fused attn_qkv / ffn_up,
+    unpermuted; the rotary dimension count; LongRoPE factors as rope_factors_* tensors) reads
+    back to the checkpoint's tensors and model config, and transformers' GGUF loader reads the
+    same tensors from the file."""
+    folder, cfg, state, tok = _tiny(make_tiny_hf_model, kind)
+    tok["pad"] = 0  # else transformers' Phi3Config pads with 32000, past this vocabulary
+    path = write_gguf(tmp_path / "p.gguf", "phi3", cfg, state, "F32", tok)
+    hf_config, ours, _ = load_checkpoint(str(path))
+    assert sorted(ours) == sorted(state)  # fused, as in model.safetensors
+    for k in state:
+        np.testing.assert_array_equal(ours[k], state[k], err_msg=k)
+    got, ref = ModelConfig.from_hf(hf_config), ModelConfig.from_hf(cfg)
+    fields = STRUCTURE + ("rope_theta", "max_position_embeddings", "sliding_window",
+                          "partial_rotary_factor")  # fmt: skip
+    assert [getattr(got, f) for f in fields] == [getattr(ref, f) for f in fields]
+    if kind == "phi3_longrope":
+        for key in ("long_factor", "short_factor", "original_max_position_embeddings"):
+            np.testing.assert_allclose(got.rope_scaling[key], ref.rope_scaling[key], rtol=1e-6)
+    else:
+        assert got.rope_scaling is None and ref.rope_scaling is None
+    theirs = _transformers_gguf_state(path)
+    for k in state:
+        np.testing.assert_array_equal(theirs[k], state[k], err_msg=k)
+
+
 def test_reverse_permute_inverts_llama_cpp_permute():
     from conftest_gguf import llama_cpp_permute
 

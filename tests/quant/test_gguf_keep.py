@@ -1,5 +1,6 @@
 """GGUF blocks kept packed (``model.quant=keep``): the jnp block dequantizers equal gguf-py's
-numpy reference, and tiny Llama (GQA, permuted q/k rows) / GPT-2 (transposed Conv1D) GGUF files
+numpy reference, and tiny Llama (GQA, permuted q/k rows) / Phi-3 (fused rows split at load) /
+GPT-2 (transposed Conv1D) GGUF files
 loaded with their blocks kept give the logits of the same files dequantized at load."""
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def _llama(rng):
     return "llama", cfg, st, qtypes
 
 
+def _phi3(rng):
+    """The Llama model above as Phi-3: q/k/v fused into qkv_proj (k, v narrower: GQA) and
+    gate/up into gate_up_proj, each fused weight in one block format, RoPE on half of each head."""
+    _, cfg, st, _ = _llama(rng)
+    cfg = {**cfg, "model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
+           "partial_rotary_factor": 0.5}  # fmt: skip
+    for i in range(2):
+        p = f"model.layers.{i}."
+        qkv = [st.pop(f"{p}self_attn.{x}_proj.weight") for x in "qkv"]
+        gate_up = [st.pop(f"{p}mlp.{x}_proj.weight") for x in ("gate", "up")]
+        st[p + "self_attn.qkv_proj.weight"] = np.concatenate(qkv)
+        st[p + "mlp.gate_up_proj.weight"] = np.concatenate(gate_up)
+    qtypes = {k: {"qkv_proj": "Q8_0", "o_proj": "Q4_0", "gate_up_proj": "Q4_1",
+                  "down_proj": "Q8_0"}.get(k.split(".")[-2], "F32") for k in st}  # fmt: skip
+    return "phi3", cfg, st, qtypes
+
+
 def _gpt2(rng):
     d, v = 64, 96
     cfg = {"model_type": "gpt2", "vocab_size": v, "n_embd": d, "n_layer": 2, "n_head": 4,
@@ -91,7 +109,7 @@ def _gpt2(rng):
     return "gpt2", cfg, st, "Q4_1"
 
 
-@pytest.mark.parametrize("make", [_llama, _gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("make", [_llama, _phi3, _gpt2], ids=["llama", "phi3", "gpt2"])
 def test_kept_blocks_give_the_dequantized_models_logits(make, tmp_path):
     arch, cfg, state, qtypes = make(np.random.default_rng(1))
     v = cfg["vocab_size"]  # GPT-2 GGUFs state the vocabulary through the token list
@@ -107,7 +125,7 @@ def test_kept_blocks_give_the_dequantized_models_logits(make, tmp_path):
     _, dense, _ = load_gguf(path)
     mc = ModelConfig.from_hf(hf)
     p_kept, p_dense = params_from_hf(kept, mc), params_from_hf(dense, mc)
-    n_proj = 7 if arch == "llama" else 4
+    n_proj = 4 if arch == "gpt2" else 7  # Phi-3's fused rows split packed: q, k, v, gate, up
     quantized = [x for x in jax.tree.leaves(p_kept, is_leaf=is_quantized) if is_quantized(x)]
     assert len(quantized) == 2 * n_proj  # every block projection, nothing else
     assert frozen_bytes(p_kept)["bytes"] < 0.6 * frozen_bytes(p_dense)["bytes"]

@@ -51,6 +51,19 @@ _GEMMA_BLOCK = {
     "post_ffw_norm": "post_feedforward_layernorm",
 }
 
+# Phi-3: llama.cpp keeps the fused qkv_proj / gate_up_proj (convert_hf_to_gguf.py Phi3MiniModel;
+# unpermuted); lora-jax splits them at load as for the safetensors checkpoint (convert.unfuse)
+_PHI3_BLOCK = {
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_up": "mlp.gate_up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+# LongRoPE factors (Phi-3 128k), stored as tensors; they go into the config's rope_scaling
+_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+
 _GPT2_BLOCK = {
     "attn_norm": "ln_1",
     "attn_qkv": "attn.c_attn",
@@ -75,6 +88,7 @@ _ARCH = {
     "qwen3": ("qwen3", _QWEN3_BLOCK, _LLAMA_TOP, "model.layers"),
     "gemma2": ("gemma2", _GEMMA_BLOCK, _LLAMA_TOP, "model.layers"),
     "gemma3": ("gemma3_text", _GEMMA_BLOCK, _LLAMA_TOP, "model.layers"),
+    "phi3": ("phi3", _PHI3_BLOCK, _LLAMA_TOP, "model.layers"),
     "gpt2": ("gpt2", _GPT2_BLOCK, _GPT2_TOP, "transformer.h"),
 }
 _GEMMA = ("gemma2", "gemma3")
@@ -82,6 +96,7 @@ _GEMMA = ("gemma2", "gemma3")
 _PROJECTIONS = {
     "llama": ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"),
     "gpt2": _GPT2_CONV1D,
+    "phi3": ("attn_qkv", "attn_output", "ffn_up", "ffn_down"),
 }
 for _arch in ("qwen2", "qwen3", *_GEMMA):
     _PROJECTIONS[_arch] = _PROJECTIONS["llama"]
@@ -193,6 +208,8 @@ def config_from_metadata(
     }
     if arch in _GEMMA:
         config.update(_gemma_config(arch, get, config))
+    if arch == "phi3":
+        config.update(_phi3_config(get, config))
     scaling_type = get("rope.scaling.type", required=False)
     if scaling_type not in (None, "none"):
         config["rope_scaling"] = {
@@ -231,6 +248,39 @@ def _gemma_config(arch: str, get: Any, config: dict[str, Any]) -> dict[str, Any]
     if arch == "gemma3":
         out["rope_local_base_freq"] = float(get("rope.freq_base_swa", 10000.0, False))
     return out
+
+
+def _phi3_config(get: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Phi-3's fields as llama.cpp writes them (Phi3MiniModel.set_gguf_parameters): the rotary
+    dimension count is ``partial_rotary_factor * head_dim`` (head_dim is hidden / heads, no key
+    length is written), a sliding window of 0 means none (Phi-4-mini), and the pretraining
+    length is ``rope.scaling.original_context_length`` (LongRoPE's switch point)."""
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    rot = int(get("rope.dimension_count", head_dim, False))
+    window = int(get("attention.sliding_window", 0, False))
+    orig = get("rope.scaling.original_context_length", None, False)
+    return {
+        "head_dim": head_dim,
+        "partial_rotary_factor": rot / head_dim,
+        "sliding_window": window or None,
+        "original_max_position_embeddings": int(orig or config["max_position_embeddings"]),
+    }
+
+
+def _longrope(reader: Any, config: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """Phi-3 128k's ``rope_scaling`` from the ``rope_factors_long/short`` tensors, or None."""
+    found = {t.name: t for t in reader.tensors if t.name in _ROPE_FACTORS}
+    if not found:
+        return None
+    if len(found) != 2:
+        raise DataError(f"{path}: has {sorted(found)} but LongRoPE needs both {_ROPE_FACTORS}")
+    long, short = (dequantize_tensor(found[n]).reshape(-1) for n in _ROPE_FACTORS)
+    return {
+        "rope_type": "longrope",
+        "long_factor": [float(x) for x in long],
+        "short_factor": [float(x) for x in short],
+        "original_max_position_embeddings": config["original_max_position_embeddings"],
+    }
 
 
 def hf_name(gguf_name: str, arch: str) -> str:
@@ -309,10 +359,14 @@ def load_gguf(
     names = [t.name for t in reader.tensors]
     config = config_from_metadata(meta, names, path)
     arch, _ = _arch_of(meta, path)
+    if arch == "phi3" and (rope := _longrope(reader, config, path)) is not None:
+        config["rope_scaling"] = rope
     n_head = config.get("num_attention_heads")
     n_kv = config.get("num_key_value_heads")
     state: dict[str, Any] = {}
     for tensor in reader.tensors:
+        if tensor.name in _ROPE_FACTORS:
+            continue
         part = tensor.name.split(".")[-2]
         kept = kept_blocks(tensor, arch) if keep_quantized else None
         if kept is not None:
