@@ -17,7 +17,7 @@ import jax
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from lora_jax.bench.cases import lookup, model_config
+    from lora_jax.bench.cases import hf_config, lookup, model_config
     from lora_jax.bench.jax_step import run_case
 
     p = argparse.ArgumentParser(prog="python -m lora_jax.bench", description=__doc__.split("\n")[0])
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
             for variant, comp in (("peft_eager", False), ("peft_compile", True)):
                 try:
-                    pr = run_peft(case, cfg, comp, a.warmup, a.repeats, quant=a.quant)
+                    pr = run_peft(
+                        case, hf_config(case, a.tiny), comp, a.warmup, a.repeats, quant=a.quant
+                    )
                 except Exception as e:  # noqa: BLE001 — report and go on with the table
                     row[variant] = {"error": f"{type(e).__name__}: {e}"[:300]}
                     print(f"  {variant}: failed: {row[variant]['error']}")
@@ -103,7 +105,9 @@ def _e2e_case(a: argparse.Namespace, case, cfg, dtype: str) -> dict:
     from lora_jax.errors import ConfigError
 
     if cfg is not None:
-        raise ConfigError("--e2e needs the real tokenizer: use a smollm2-* case without --tiny")
+        raise ConfigError(
+            "--e2e needs a real tokenizer: use a smollm2-* or gemma3-* case without --tiny"
+        )
     row: dict = {"case": case.name, "batch": case.batch, "seq": case.seq, "steps": a.steps}
     modes = {"off": [False], "on": [True], "both": [False, True]}[a.packing]
     for packed in modes:

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 import lora_jax.lora as L
-from lora_jax.bench.cases import Case
+from lora_jax.bench.cases import Case, gguf_path
 from lora_jax.errors import ConfigError
 from lora_jax.models.config import ModelConfig
 from lora_jax.models.registry import build_model, lora_modules
@@ -87,15 +87,10 @@ def formula_flops(cfg: ModelConfig, frozen: dict, lora: dict | None, tokens: int
 
 
 def _model(case: Case, cfg: ModelConfig | None, dtype: str, param_dtype: str, remat: str):
-    if cfg is None:  # SmolLM2: the real checkpoint
-        import os
-
+    if cfg is None:  # a real checkpoint (SmolLM2, Gemma 3) from its GGUF
         from lora_jax.models.pretrained import load_model
 
-        gguf = os.environ.get("LORA_JAX_SMOLLM2_GGUF")
-        if not gguf:
-            raise ConfigError("SmolLM2 cases need LORA_JAX_SMOLLM2_GGUF=path/to/SmolLM2-135M.gguf")
-        lm = load_model(gguf, dtype, param_dtype)
+        lm = load_model(gguf_path(case), dtype, param_dtype)
         return lm.module.clone(remat=remat), lm.params, lm.config, lm.tokenizer
     module = build_model(cfg, dtype, param_dtype).clone(remat=remat)
     ids = jnp.zeros((1, 8), jnp.int32)

@@ -7,37 +7,33 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from typing import Any
 
-from lora_jax.bench.cases import Case
-from lora_jax.models.config import ModelConfig
+from lora_jax.bench.cases import Case, gguf_path
 
 HF_LLAMA = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
             "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}  # fmt: skip
+# Phi-3's fused modules: PEFT adapts all of qkv_proj / gate_up_proj (one rank-r adapter each)
+HF_PHI3 = {**HF_LLAMA, "q": "qkv_proj", "k": "qkv_proj", "v": "qkv_proj", "gate": "gate_up_proj",
+           "up": "gate_up_proj"}  # fmt: skip
 HF_GPT2 = {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
            "down": "mlp.c_proj"}  # fmt: skip
 
 
-def _hf_model(case: Case, cfg: ModelConfig | None):
+def _hf_model(case: Case, hf: dict[str, Any] | None):
+    """The case's transformers model: random weights from its config dict (seed 0), or the
+    real checkpoint through transformers' GGUF loader."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    if cfg is None:
-        from transformers import AutoModelForCausalLM
-
-        gguf = os.environ["LORA_JAX_SMOLLM2_GGUF"]
+    if hf is None:
+        gguf = gguf_path(case)
         d, name = os.path.dirname(gguf), os.path.basename(gguf)
         return AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
-    if cfg.family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(
-            vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
-            n_head=cfg.num_heads, n_inner=cfg.intermediate_size,
-            n_positions=cfg.max_position_embeddings))  # fmt: skip
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads, max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=cfg.tie_word_embeddings))  # fmt: skip
+    hf = dict(hf)
+    config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _quantized(model, quant: str):
@@ -61,7 +57,7 @@ def _quantized(model, quant: str):
 
 def run_peft(
     case: Case,
-    cfg: ModelConfig | None,
+    hf: dict[str, Any] | None,
     compile_: bool,
     warmup: int = 2,
     repeats: int = 5,
@@ -72,11 +68,11 @@ def run_peft(
     from peft import LoraConfig, get_peft_model
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    model = _hf_model(case, cfg)
+    model = _hf_model(case, hf)
     if quant != "none":
         model = _quantized(model, quant)
     if not case.full:
-        names = HF_GPT2 if model.config.model_type == "gpt2" else HF_LLAMA
+        names = {"gpt2": HF_GPT2, "phi3": HF_PHI3}.get(model.config.model_type, HF_LLAMA)
         targets = sorted({names[t] for t in case.targets})
         lcfg = LoraConfig(r=case.r, lora_alpha=2 * case.r, target_modules=targets, lora_dropout=0.0)
         model = get_peft_model(model, lcfg)

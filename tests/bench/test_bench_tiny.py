@@ -32,3 +32,30 @@ def test_bench_tiny_qlora_case_holds_a_packed_base(capsys):
         dense["frozen_bytes"],
     )
     assert q["tokens_per_s"] > 0 and abs(q["loss"] - dense["loss"]) < 0.5
+
+
+FAMILY_CASES = ["qwen25-all-r8", "gemma2-qv-r8", "phi3-qv-r8", "gemma3-qv-r8"]
+
+
+def test_bench_tiny_runs_each_family_as_peft_builds_it(capsys):
+    """Qwen2, Gemma 2 (soft-capped), Phi-3 (fused) and Gemma 3 cases run in lora-jax and in PEFT
+    from the same transformers config dict, adapting the same parameters (Phi-3: PEFT puts one
+    adapter on all of qkv_proj, lora-jax one per targeted block, the counts by formula)."""
+    from lora_jax.bench.cases import CASES, hf_config
+    from lora_jax.bench.peft_step import run_peft
+
+    rows = main(["--tiny", "--warmup", "0", "--repeats", "1", "--cases", ",".join(FAMILY_CASES)])
+    assert [r["case"] for r in rows] == FAMILY_CASES
+    for row in rows:
+        case = CASES[row["case"]]
+        hf = hf_config(case, tiny=True)
+        peft = run_peft(case, hf, False, warmup=0, repeats=1)
+        assert row["tokens_per_s"] > 0 and peft["tokens_per_s"] > 0
+        if hf["model_type"] != "phi3":
+            assert row["trainable"] == peft["trainable"], case.name
+            continue
+        d, r, layers = hf["hidden_size"], case.r, hf["num_hidden_layers"]
+        q = d  # 4 heads of 8
+        kv = hf["num_key_value_heads"] * d // hf["num_attention_heads"]
+        assert row["trainable"] == layers * r * ((d + q) + (d + kv))  # q and v blocks
+        assert peft["trainable"] == layers * r * (d + q + 2 * kv)  # all of qkv_proj
