@@ -1,5 +1,5 @@
 """Shared pieces of the 8-device tests: a tiny Llama (GQA, untied head) with LoRA on every
-linear layer, its optimizer and one batch."""
+linear layer, its optimizer and one batch; the same for one model of each other family."""
 
 from __future__ import annotations
 
@@ -29,13 +29,31 @@ def pytest_configure(config):
         )
 
 
-@pytest.fixture(scope="session")
-def setup():
-    module = build_model(CFG)
+# One model of each other family, the same sizes: Qwen2 (q/k/v biases), Gemma 2 (sandwich
+# norms, alternating windows, soft-capping, tied head), Gemma 3 (q/k norms, local RoPE base),
+# Phi-3 (loaded fused, kept split; partial rotary).
+FAMILIES = {
+    "qwen2": CFG.replace(model_type="qwen2", attention_bias=True),
+    "gemma2": CFG.replace(model_type="gemma2", tie_word_embeddings=True, activation="gelu_pytorch_tanh",
+                          sliding_window=4, layer_types=("sliding_attention", "full_attention"),
+                          query_pre_attn_scalar=16, attn_logit_softcapping=20.0,
+                          final_logit_softcapping=10.0),
+    "gemma3_text": CFG.replace(model_type="gemma3_text", tie_word_embeddings=True,
+                               activation="gelu_pytorch_tanh", sliding_window=4, qk_norm=True,
+                               layer_types=("sliding_attention", "full_attention"),
+                               query_pre_attn_scalar=16, rope_local_theta=10000.0),
+    "phi3": CFG.replace(model_type="phi3", partial_rotary_factor=0.5, sliding_window=6),
+}  # fmt: skip
+
+
+def make_setup(cfg: ModelConfig):
+    """``(module, frozen, lora, tx, batch)`` for ``cfg``, host copies (every test places its own:
+    the steps donate their inputs)."""
+    module = build_model(cfg)
     ids = np.zeros((1, 8), np.int32)
     frozen = module.init(jax.random.PRNGKey(0), ids)["params"]
     lcfg = LoraConfig.from_dict({"r": 8, "targets": "all", "seed": 0})
-    lora, _ = lora_init(jax.random.PRNGKey(1), frozen, lcfg, lora_modules(CFG))
+    lora, _ = lora_init(jax.random.PRNGKey(1), frozen, lcfg, lora_modules(cfg))
     # B = 0 at init would make the first step's base-path gradients trivial: randomise B.
     g = np.random.default_rng(2)
     lora = jax.tree.map(
@@ -45,10 +63,14 @@ def setup():
     tx, _ = build_optimizer(OPTIM, lora, 10)
     rng = np.random.default_rng(0)
     batch = {
-        "input_ids": rng.integers(0, CFG.vocab_size, (8, 16)).astype(np.int32),
+        "input_ids": rng.integers(0, cfg.vocab_size, (8, 16)).astype(np.int32),
         "attention_mask": np.ones((8, 16), np.int32),
         "loss_mask": np.ones((8, 16), np.float32),
     }
     batch["attention_mask"][:3, 12:] = 0  # some padding
-    # host copies: every test places its own (the steps donate their inputs)
     return module, jax.device_get(frozen), jax.device_get(lora), tx, batch
+
+
+@pytest.fixture(scope="session")
+def setup():
+    return make_setup(CFG)
