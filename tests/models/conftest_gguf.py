@@ -24,6 +24,12 @@ LLAMA_NAMES = {
     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }  # fmt: skip
+QWEN3_NAMES = {**LLAMA_NAMES, "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+GEMMA_NAMES = {  # Gemma 2/3's sandwich norms (gguf-py tensor_mapping.py, MODEL_ARCH.GEMMA2/3)
+    **QWEN3_NAMES, "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
+}  # fmt: skip
+LLAMA_LIKE = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 PHI3_NAMES = {  # gguf-py tensor_mapping.py, MODEL_ARCH.PHI3: the fused weights stay fused
     "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
     "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
@@ -53,7 +59,7 @@ def gguf_name(hf: str, arch: str) -> str:
         "lm_head": "output",
     }
     top = {
-        "llama": llama_top,
+        **{a: llama_top for a in LLAMA_LIKE},
         "phi3": llama_top,
         "gpt2": {"transformer.wte": "token_embd", "transformer.wpe": "position_embd",
                  "transformer.ln_f": "output_norm", "lm_head": "output"},
@@ -63,7 +69,9 @@ def gguf_name(hf: str, arch: str) -> str:
         return f"{top[stem]}.{kind}"
     parts = stem.split(".")
     layer, module = parts[2], ".".join(parts[3:])
-    names = {"llama": LLAMA_NAMES, "phi3": PHI3_NAMES, "gpt2": GPT2_NAMES}[arch]
+    names = {"llama": LLAMA_NAMES, "qwen2": LLAMA_NAMES, "qwen3": QWEN3_NAMES,
+             "gemma2": GEMMA_NAMES, "gemma3": GEMMA_NAMES, "phi3": PHI3_NAMES,
+             "gpt2": GPT2_NAMES}[arch]  # fmt: skip
     return f"blk.{layer}.{names[module]}.{kind}"
 
 
@@ -99,23 +107,37 @@ def write_gguf(
 
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name((extra or {}).get("name", f"tiny-{arch}"))
-    if arch == "llama":
+    if arch in LLAMA_LIKE:
         w.add_block_count(cfg["num_hidden_layers"])
         w.add_context_length(cfg["max_position_embeddings"])
         w.add_embedding_length(cfg["hidden_size"])
         w.add_feed_forward_length(cfg["intermediate_size"])
         w.add_head_count(cfg["num_attention_heads"])
         w.add_head_count_kv(cfg["num_key_value_heads"])
-        w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+        rp = cfg.get("rope_parameters") or {}  # transformers 5; per layer type for Gemma 3
+        rp = rp.get("full_attention", rp)
+        w.add_rope_freq_base(float(cfg.get("rope_theta") or rp.get("rope_theta") or 10000.0))
         w.add_layer_norm_rms_eps(float(cfg["rms_norm_eps"]))
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
         w.add_rope_dimension_count(head_dim)
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_vocab_size(cfg["vocab_size"])
-    elif (
-        arch == "phi3"
-    ):  # as llama.cpp's Phi3MiniModel.set_gguf_parameters / generate_extra_tensors
+        if arch in ("gemma2", "gemma3"):  # as Gemma2Model / Gemma3Model.set_gguf_parameters
+            w.add_sliding_window(cfg["sliding_window"])
+            if cfg.get("attn_logit_softcapping"):
+                w.add_attn_logit_softcapping(cfg["attn_logit_softcapping"])
+            if cfg.get("final_logit_softcapping"):
+                w.add_final_logit_softcapping(cfg["final_logit_softcapping"])
+            if cfg.get("layer_types"):  # one flag per layer, true = sliding (newer files)
+                sliding = [t == "sliding_attention" for t in cfg["layer_types"]]
+                w.add_sliding_window_pattern(sliding)
+            local = (cfg.get("rope_parameters") or {}).get("sliding_attention", {})
+            swa_theta = local.get("rope_theta") or cfg.get("rope_local_base_freq")
+            if arch == "gemma3" and swa_theta:
+                w.add_rope_freq_base_swa(float(swa_theta))
+    elif arch == "phi3":
+        # as llama.cpp's Phi3MiniModel.set_gguf_parameters / generate_extra_tensors
         d, h = cfg["hidden_size"], cfg["num_attention_heads"]
         rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}  # transformers 4 / 5
         orig = cfg.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
@@ -163,6 +185,8 @@ def write_gguf(
         name = gguf_name(hf, arch)
         t = np.asarray(t, dtype=np.float32)
         part = name.split(".")[-2]
+        if arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
+            t = t + np.float32(1.0)  # llama.cpp's norm_shift: Gemma's norms stored as 1 + w
         if arch == "llama" and part == "attn_q":
             t = llama_cpp_permute(t, cfg["num_attention_heads"], cfg["num_attention_heads"])
         elif arch == "llama" and part == "attn_k":

@@ -147,6 +147,45 @@ def test_phi3_gguf_reads_as_its_safetensors_checkpoint(make_tiny_hf_model, tmp_p
         np.testing.assert_array_equal(theirs[k], state[k], err_msg=k)
 
 
+FAMILY_FIELDS = ("sliding_window", "layer_types", "rope_local_theta", "qk_norm",
+                 "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind, arch, overrides",
+    # (transformers' GGUF loader leaves Qwen3's head_dim at its default, 128, as real Qwen3s)
+    [("qwen2", "qwen2", {}), ("qwen3", "qwen3", {"head_dim": 128}),
+     # llama.cpp's Gemma scales scores by head_dim^-0.5 (query_pre_attn_scalar = head_dim)
+     ("gemma2", "gemma2", {"query_pre_attn_scalar": 16}),
+     ("gemma3", "gemma3", {"query_pre_attn_scalar": 16})],
+)  # fmt: skip
+def test_family_gguf_reads_as_its_safetensors_checkpoint(
+    make_tiny_hf_model, tmp_path, kind, arch, overrides
+):
+    """Qwen2 (biases), Qwen3 (q/k norms), Gemma 2 (soft-caps, alternating windows) and Gemma 3
+    (per-layer pattern, local RoPE base) written as llama.cpp writes them (unpermuted; Gemma's
+    norms stored as 1 + w) read back to the checkpoint's tensors and config; transformers' GGUF
+    loader reads the same tensors from the file."""
+    folder, cfg, state, tok = _tiny(make_tiny_hf_model, kind, **overrides)
+    tok["pad"] = 0
+    path = write_gguf(tmp_path / f"{arch}.gguf", arch, cfg, state, "F32", tok)
+    hf_config, ours, _ = load_checkpoint(str(path))
+    ref_state = {
+        k: v
+        for k, v in state.items()
+        if k != "lm_head.weight" or not cfg.get("tie_word_embeddings")
+    }
+    assert sorted(ours) == sorted(ref_state)
+    for k in ref_state:  # Gemma's norms: (1 + w) - 1 in fp32, to one ulp of 1.x (1.2e-7)
+        np.testing.assert_allclose(ours[k], state[k], rtol=0, atol=1.2e-7, err_msg=k)
+    got, ref = ModelConfig.from_hf(hf_config), ModelConfig.from_hf(cfg)
+    fields = STRUCTURE + ("rope_theta", "max_position_embeddings") + FAMILY_FIELDS
+    assert [getattr(got, f) for f in fields] == [getattr(ref, f) for f in fields]
+    theirs = _transformers_gguf_state(path)
+    for k in ref_state:
+        np.testing.assert_allclose(theirs[k], state[k], rtol=0, atol=1.2e-7, err_msg=k)
+
+
 def test_reverse_permute_inverts_llama_cpp_permute():
     from conftest_gguf import llama_cpp_permute
 
