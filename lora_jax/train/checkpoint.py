@@ -145,6 +145,15 @@ def adapter_meta(model_config: Any, lora_config: Mapping[str, Any], targets: lis
 def diff_adapter(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between an adapter's metadata and the one the current model
     and config would produce (empty when it fits)."""
+    full = {m.get("method", "lora") for m in (stored, expected)}
+    if full != {"lora"}:  # a full fine-tuning checkpoint holds every weight, no LoRA blocks
+        if len(full) == 2:
+            return [f"the checkpoint holds {stored.get('method', 'lora')} weights but this run is "
+                    f"method={expected.get('method', 'lora')}: set method= to the run's"]  # fmt: skip
+        if stored.get("model_type") != expected.get("model_type"):
+            return [f"model_type: checkpoint {stored.get('model_type')!r}, this model "
+                    f"{expected.get('model_type')!r}; load it with its own model.source"]  # fmt: skip
+        return []
     out = [
         f"model {k}: adapter {stored['model'].get(k)!r}, this model {v!r}"
         for k, v in expected["model"].items()

@@ -49,8 +49,10 @@ def config_problems(cfg: Mapping[str, Any]) -> list[str]:
         mesh = cfg.get("mesh") or {}
         if mesh.get("data", 1) * mesh.get("fsdp", 1) != 1:
             out.append("method=full runs on one device for now: set mesh=single")
-        if cfg.get("adapter"):
-            out.append("method=full has no adapter to load: drop adapter=")
+        if cfg.get("adapter") and not (cfg.get("trainer") or {}).get("eval_only"):
+            out.append("method=full loads a run's trained weights (adapter=RUN_DIR) only to "
+                       "evaluate them: set trainer.eval_only=true (to go on training a run: "
+                       "trainer.resume=true in its dir)")  # fmt: skip
     tr = cfg.get("trainer") or {}
     if not tr.get("eval_only") and tr.get("max_steps") is None and tr.get("epochs") is None:
         out.append("trainer.max_steps and trainer.epochs are both null: set one of them")

@@ -147,6 +147,10 @@ class Engine:
         if j.tracker is not None:
             j.tracker.update_axes(j.results["sweep"])
         console.print(f"full fine-tuning: every base weight trainable ({n:,} parameters)")
+        if j.cfg.adapter:  # eval_only (check_config): the run's trained weights replace the base
+            self.lm.params, _ = load_adapter(j.cfg.adapter, self.lm.params, expected=j.ckpt.adapter)
+            console.print(f"loaded the fully fine-tuned weights from {j.cfg.adapter}")
+            j.results["run"]["adapter"] = str(Path(j.cfg.adapter).absolute())
 
     def layer_layout(self) -> None:
         """The training module (``trainer.remat`` / ``trainer.scan``) and the scan prefix.
@@ -218,8 +222,11 @@ class Engine:
     def eval_only(self) -> None:
         """``trainer.eval_only``: evaluate the job's adapter (``adapter=``) or its fresh tree."""
         self.accum, self.updates = 1, 1
+        full = self.cfg.get("method", "lora") == "full"
         for j in self.live():
-            j.tx, j.lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim), j.tree, 1)
+            j.tx, j.lr_fn = build_optimizer(OmegaConf.to_container(j.cfg.optim),
+                                            self.lm.params if full else j.tree, 1,
+                                            every_leaf=full)  # fmt: skip
         self.mesh, self.val_batches, self.val_items = None, [], []
         kw = dict(dropout=False, label_smoothing=0.0, loss_chunk=None, scan_prefix=self.prefix)
         live = self.live()

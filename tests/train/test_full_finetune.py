@@ -130,3 +130,29 @@ def test_full_fine_tuning_refuses_what_it_cannot_do(tiny_e2e_gpt2_dir, tmp_path)
     recs = run_jobs([compose(_ov(tiny_e2e_gpt2_dir, f"seed={s}", "trainer.data_seed=0")) for s in (1, 2)],
                     [tmp_path / "p1", tmp_path / "p2"])  # fmt: skip
     assert all("not packed" in r["error"] for r in recs)
+
+
+def test_evaluate_reloads_a_full_run(full_run, tiny_e2e_gpt2_dir):
+    """``python -m lora_jax.evaluate RUN_DIR`` on a full fine-tuning run decodes with its trained
+    weights (the checkpoint's final params, not the base): the run's own metrics again. A LoRA
+    config asking for those weights is refused naming the method."""
+    from lora_jax.errors import AdapterMismatch
+    from lora_jax.models.pretrained import load_model
+    from lora_jax.run.evaluate import evaluate_run
+    from lora_jax.train.checkpoint import load_adapter
+
+    run_dir, ref = full_run
+    with jax.default_matmul_precision("highest"):
+        res = evaluate_run(run_dir)
+    assert res["status"] == "ok", res.get("error")
+    assert res["run"]["adapter"] == str(run_dir.absolute())
+    assert res["metrics"]["eval"] == pytest.approx(ref["metrics"]["eval"])
+    # what the engine loads (load_adapter with the full-method metadata) is the trained params
+    base = load_model(str(tiny_e2e_gpt2_dir))
+    meta = {"method": "full", "model_type": base.config.model_type}
+    loaded = _flat(load_adapter(run_dir, base.params, expected=meta)[0])
+    trained, before = _flat(_final_params(run_dir, base.params)[0]), _flat(base.params)
+    assert all(np.array_equal(loaded[k], trained[k]) for k in trained)
+    assert any(not np.array_equal(loaded[k], before[k]) for k in before)
+    with pytest.raises(AdapterMismatch, match="method=lora"):
+        load_adapter(run_dir, base.params, expected={"model": {}, "blocks": {}})
