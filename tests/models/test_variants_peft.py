@@ -125,8 +125,9 @@ def _batches(vocab: int) -> list[dict]:
              "loss_mask": np.ones(data[0].shape, np.float32)} for i in range(20)]  # fmt: skip
 
 
-def _our_losses(lm, lora, batches):
-    tx, _ = build_optimizer(OPTIM, lora, total_steps=len(batches))
+def _our_losses(lm, lora, batches, lr=OPTIM["lr"], loraplus_lr_ratio=None):
+    optim = {**OPTIM, "lr": lr, "loraplus_lr_ratio": loraplus_lr_ratio}
+    tx, _ = build_optimizer(optim, lora, total_steps=len(batches))
     step = make_train_step(lm.module, tx)
     opt_state, losses = tx.init(lora), []
     with jax.default_matmul_precision("highest"):
@@ -241,19 +242,30 @@ def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
                                atol=2e-5 * np.abs(theirs).max(), rtol=0)  # fmt: skip
 
 
+# the real model's cases: every variant's mechanism once (lora-jax config, PEFT kwargs, LoRA+
+# ratio, A's lr: OLoRA's B starts non-zero, so B's 16x lr at 1e-3 diverges in PEFT too)
+REAL_CASES = {
+    "dora+pissa": ({"variant": "dora", "init": "pissa"},
+                   {"use_dora": True, "init_lora_weights": "pissa"}, None, 1e-3),
+    "olora+loraplus": ({"init": "olora"}, {"init_lora_weights": "olora"}, 16.0, 1e-4),
+}  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.torch
-def test_real_smollm2_dora_pissa_init_and_logits_equal_peft(smollm2_gguf):  # noqa: F811
-    """The real SmolLM2-135M (GGUF, dequantized to fp32 on both sides, q,v at r = 8, DoRA over
-    PiSSA: both data-driven parts at once): PEFT's init on transformers' GGUF model (A·B, m) and,
-    with B moved, the logits (one forward). Training over 20
-    steps is checked on the tiny Llama above (the same code path; 20 real steps on 2 cores would
-    take minutes of CI)."""
+@pytest.mark.parametrize("case", list(REAL_CASES))
+def test_real_smollm2_variants_equal_peft(case, smollm2_gguf):  # noqa: F811
+    """The real SmolLM2-135M (GGUF, dequantized to fp32 on both sides, q,v at r = 8): DoRA over
+    PiSSA, and OLoRA trained with LoRA+ (B at 16 x A's lr; PEFT's create_loraplus_optimizer):
+    PEFT's init on transformers' GGUF model (A·B, m), with B moved the logits (one forward),
+    and 20 AdamW steps on the same E2E-style batches the losses (1e-4 absolute; measured
+    2.6e-5 for DoRA over PiSSA, loss 5.92 -> 1.30; 4.1e-5 for OLoRA + LoRA+, 6.40 -> 0.74)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    ours_cfg, peft_kwargs, ratio, lr = REAL_CASES[case]
     lm = load_model(str(smollm2_gguf))
-    lcfg = LoraConfig(r=8, alpha=16, targets="qv", variant="dora", init="pissa")
+    lcfg = LoraConfig(r=8, alpha=16, targets="qv", **ours_cfg)
     lora, _ = init(jax.random.key(0), lm.params, lcfg, lora_modules(lm.config))
     lora = jax.tree.map(np.asarray, lora)
     torch.manual_seed(0)
@@ -262,13 +274,14 @@ def test_real_smollm2_dora_pissa_init_and_logits_equal_peft(smollm2_gguf):  # no
     try:
         from peft import LoraConfig as PeftConfig
         from peft import get_peft_model
+        from peft.optimizers import create_loraplus_optimizer
 
         hf = AutoModelForCausalLM.from_pretrained(
             smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32,
             attn_implementation="eager",
         )  # fmt: skip
         pm = get_peft_model(hf, PeftConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                           use_dora=True, init_lora_weights="pissa"))  # fmt: skip
+                                           **peft_kwargs))  # fmt: skip
         for ad, _name, mod in _peft_modules(pm, lora, lm.config):
             pa = mod.lora_A["default"].weight.detach().numpy().T
             pb = mod.lora_B["default"].weight.detach().numpy().T
@@ -277,8 +290,9 @@ def test_real_smollm2_dora_pissa_init_and_logits_equal_peft(smollm2_gguf):  # no
             # sees); fp32 SVDs of two LAPACK builds agree to eps·‖W‖/gap: 1e-3 of its scale
             prod = pa @ pb
             np.testing.assert_allclose(ad["a"] @ ad["b"], prod, atol=1e-3 * np.abs(prod).max())
-            pm_m = mod.lora_magnitude_vector["default"].weight.detach().numpy()
-            np.testing.assert_allclose(ad["m"], pm_m, rtol=1e-5)
+            if "m" in ad:
+                pm_m = mod.lora_magnitude_vector["default"].weight.detach().numpy()
+                np.testing.assert_allclose(ad["m"], pm_m, rtol=1e-5)
         rng = np.random.default_rng(3)
         for _, _, ad in iter_adapters(lora):
             ad["b"] = ad["b"] + rng.normal(scale=0.02, size=ad["b"].shape).astype(np.float32)
@@ -286,7 +300,38 @@ def test_real_smollm2_dora_pissa_init_and_logits_equal_peft(smollm2_gguf):  # no
         ids = np.asarray([lm.tokenizer.encode("name[The Eagle] food[French] area[riverside]")])
         with torch.no_grad():
             theirs = pm.eval()(input_ids=torch.tensor(ids)).logits.numpy()
+        ours = _logits(lm, jax.tree.map(jnp.asarray, lora), ids)
+        np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max(), rtol=0)
+        # 20 AdamW steps on the same E2E-style batches (2 x 24 tokens): the same losses
+        texts = ["name[The Eagle] eatType[coffee shop] food[French] area[riverside] || The Eagle",
+                 "name[Alimentum] area[city centre] familyFriendly[no] || Alimentum is not",
+                 "name[Blue Spice] food[Chinese] priceRange[cheap] || Blue Spice serves cheap",
+                 "name[Cotto] eatType[pub] near[The Portland Arms] || Cotto is a pub near"]  # fmt: skip
+        rows = np.asarray([(lm.tokenizer.encode(t) * 4)[:24] for t in texts], np.int32)
+        batches = [{"input_ids": rows[2 * (i % 2):2 * (i % 2) + 2],
+                    "attention_mask": np.ones((2, 24), np.int32),
+                    "loss_mask": np.ones((2, 24), np.float32)} for i in range(20)]  # fmt: skip
+        adamw = dict(betas=(0.9, 0.999), eps=1e-6)
+        our_losses, _ = _our_losses(lm, jax.tree.map(jnp.asarray, lora), batches, lr=lr,
+                                    loraplus_lr_ratio=ratio)  # fmt: skip
+        trainable = [p for p in pm.parameters() if p.requires_grad]
+        opt = (torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, **adamw) if ratio is None
+               else create_loraplus_optimizer(pm, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=ratio,
+                                              loraplus_weight_decay=0.01, **adamw))  # fmt: skip
+        pm.train()
+        their_losses = []
+        for batch in batches:
+            t = torch.tensor(batch["input_ids"], dtype=torch.long)
+            loss = pm(input_ids=t, labels=t).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            their_losses.append(loss.item())
     finally:
         torch.set_num_threads(threads)
-    ours = _logits(lm, jax.tree.map(jnp.asarray, lora), ids)
-    np.testing.assert_allclose(ours, theirs, atol=1e-4 * np.abs(theirs).max(), rtol=0)
+    print(
+        f"{case}: max |loss difference| {np.abs(np.subtract(our_losses, their_losses)).max():.2e},"
+        f" PEFT's loss {their_losses[0]:.3f} -> {their_losses[-1]:.3f}"
+    )
+    assert their_losses[-1] < their_losses[0] - 0.1  # it trained
+    np.testing.assert_allclose(our_losses, their_losses, rtol=0, atol=1e-4)
