@@ -7,6 +7,9 @@ What llama.cpp's ``convert_hf_to_gguf.py`` changed, undone here:
 - Gemma's RMSNorm weights are stored plus one (``Gemma2Model``/``Gemma3Model.modify_tensors``
   add ``norm_shift``): one is subtracted again, as transformers' ``Gemma2TensorProcessor``;
 - GPT-2 ``Conv1D`` weights ([in, out] in HF) are stored transposed ([out, in]);
+- Phi-3 keeps ``qkv_proj`` / ``gate_up_proj`` fused (named as in HF here; split later by
+  ``convert.unfuse`` as for its safetensors), writes the rotary dimension count instead of
+  ``partial_rotary_factor`` and LongRoPE's factors as ``rope_factors_long/short`` tensors;
 - quantized blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ... anything ``gguf.quants`` knows) are
   dequantized to float32 with ``gguf.quants.dequantize``; with ``keep_quantized=True`` the Linear
   weights of the blocks in Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K stay packed (:class:`KeptBlocks`, for
