@@ -102,7 +102,12 @@ def render_markdown(report: Report) -> str:
     ]
     n_ok = sum(c.n for s in report.sections for c in s.cells.values())
     n_ok += report.baseline.n if report.baseline is not None else 0
-    lines.append(f"{n_ok} successful run(s), {len(report.failed)} failed. {_seed_note(report)}")
+    if report.selection:  # the table holds each cell's runs at its pick; the others were read
+        n_read = sum(n for ch in report.selection.choices for _, n in ch.scores.values())
+        lines.append(f"{n_ok} run(s) in the table at each cell's picked lr ({n_read} scored on "
+                     f"validation), {len(report.failed)} failed. {_seed_note(report)}")  # fmt: skip
+    else:
+        lines.append(f"{n_ok} successful run(s), {len(report.failed)} failed. {_seed_note(report)}")
     picked = ", lr picked on validation: see below" if report.selection else ""
     lines.append(
         f"Cells: mean ± h (n seeds, trainable parameters{picked}), h = t_{{0.975, n−1}}·s/√n the "
@@ -114,7 +119,11 @@ def render_markdown(report: Report) -> str:
         heading = [f"{a}={v}" for a, v in section.fixed.items()]
         if report.init == "mixed":
             runs = [r for c in section.cells.values() for r in c.runs]
-            heading.append(f"init: {init_of(runs)}")
+            init = init_of(runs)
+            by_row = {row: init_of(c.runs) for (row, _), c in section.cells.items()}
+            if init == "mixed" and "mixed" not in by_row.values():  # e.g. rows = variant
+                init = "per row (" + ", ".join(f"{r}: {i}" for r, i in by_row.items()) + ")"
+            heading.append(f"init: {init}")
         if heading:
             lines += ["## " + ", ".join(heading), ""]
         header, body = _table_rows(report, section, lambda c: fmt_cell(c, percent))

@@ -410,3 +410,12 @@ def test_header_names_the_init_of_the_runs(tmp_path: Path) -> None:
     assert report.init == "mixed" and md.splitlines()[0].endswith(", init: mixed")
     assert "## alpha=8, init: kaiming" in md and "## alpha=32, init: gaussian" in md
     assert "init: mixed" in rep.render_latex(report)
+    # rows that each have one init (a variants table: rows = variant): the heading lists them
+    for i, (variant, init) in enumerate([("lora", "kaiming"), ("pissa", "pissa")]):
+        d = _write_run(tmp_path / "rows", i, {"targets": "q,v", "r": 8, "seed": 0},
+                       {"eval": {"bleu": 0.6}})  # fmt: skip
+        _set(d, sweep__variant=variant, config={"lora": {"r": 8, "init": init}, "seed": 0})
+    md = rep.render_markdown(
+        rep.aggregate(rep.collect_runs(tmp_path / "rows"), "bleu", rows="variant")
+    )
+    assert "## init: per row (lora: kaiming, pissa: pissa)" in md

@@ -113,6 +113,10 @@ def test_picked_lr_and_test_metrics_equal_a_by_hand_computation(lr_sweep: Path) 
         for x in GRID:
             assert got.lr.scores[x] == (pytest.approx(np.mean(VAL[cell][x]), rel=1e-12), 3)
     assert report.init == "kaiming" and not report.failed
+    # the table holds the picks' runs; every run read was scored
+    n_table, n_read = 2 * len(SEEDS), 2 * len(SEEDS) * len(GRID)
+    assert (f"{n_table} run(s) in the table at each cell's picked lr ({n_read} scored on "
+            "validation), 0 failed.") in rep.render_markdown(report)  # fmt: skip
 
 
 def test_val_metric_is_higher_is_better(lr_sweep: Path) -> None:
