@@ -1,5 +1,5 @@
 """GGUF test helpers: a small re-implementation of llama.cpp's ``convert_hf_to_gguf.py`` for
-tiny Llama / GPT-2 state dicts, and the fixtures locating the real SmolLM2 and Gemma 3 GGUFs.
+tiny Llama, Qwen2/3, Gemma 2/3, Phi-3 and GPT-2 state dicts, and the fixtures locating the real SmolLM2 and Gemma 3 GGUFs.
 
 Import into a test module: ``from conftest_gguf import smollm2_gguf, write_gguf  # noqa: F401``.
 """
