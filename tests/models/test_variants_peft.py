@@ -137,6 +137,22 @@ def _our_losses(lm, lora, batches, lr=OPTIM["lr"], loraplus_lr_ratio=None):
     return losses, lora
 
 
+def _peft_losses(peft_model, opt, batches) -> list[float]:
+    """PEFT's training losses over ``batches`` (labels = inputs), one ``opt`` step each."""
+    import torch
+
+    peft_model.train()
+    losses = []
+    for batch in batches:
+        t = torch.tensor(batch["input_ids"], dtype=torch.long)
+        loss = peft_model(input_ids=t, labels=t).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
@@ -198,15 +214,7 @@ def test_variant_equals_peft(variant, make_tiny_hf_model, tmp_path):
     our_losses, trained = _our_losses(lm, jax.tree.map(jnp.asarray, lora), batches)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=OPTIM["lr"],
                             betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)  # fmt: skip
-    peft_model.train()
-    their_losses = []
-    for batch in batches:
-        t = torch.tensor(batch["input_ids"], dtype=torch.long)
-        loss = peft_model(input_ids=t, labels=t).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        their_losses.append(loss.item())
+    their_losses = _peft_losses(peft_model, opt, batches)
     assert their_losses[-1] < their_losses[0] - 0.05  # it trained
     np.testing.assert_allclose(our_losses, their_losses, rtol=0, atol=1e-4)
 
@@ -318,15 +326,7 @@ def test_real_smollm2_variants_equal_peft(case, smollm2_gguf):  # noqa: F811
         opt = (torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, **adamw) if ratio is None
                else create_loraplus_optimizer(pm, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=ratio,
                                               loraplus_weight_decay=0.01, **adamw))  # fmt: skip
-        pm.train()
-        their_losses = []
-        for batch in batches:
-            t = torch.tensor(batch["input_ids"], dtype=torch.long)
-            loss = pm(input_ids=t, labels=t).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            their_losses.append(loss.item())
+        their_losses = _peft_losses(pm, opt, batches)
     finally:
         torch.set_num_threads(threads)
     print(
