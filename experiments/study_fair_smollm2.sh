@@ -4,6 +4,7 @@
 #   bash experiments/study_fair_smollm2.sh rank1     # seed 0: 4 target sets x 5 ranks x 3 lrs
 #   bash experiments/study_fair_smollm2.sh full1     # seed 0: full fine-tuning x 4 lrs
 #   bash experiments/study_fair_smollm2.sh matched1  # seed 0: 2 matched-budget cells x 3 lrs
+#   bash experiments/study_fair_smollm2.sh widen1    # seed 0: each edge pick's cell, one lr past it
 #   bash experiments/study_fair_smollm2.sh rank2 | full2 | matched2   # seeds 1, 2 at each pick
 #   bash experiments/study_fair_smollm2.sh report    # the tables, experiments/results/...
 #
@@ -37,6 +38,11 @@ LORA=(lora.alpha=16 lora.init=kaiming)
 # Full fine-tuning's seed-0 part picked 3e-4, the top of 3e-5..3e-4 (validation loss 1.656, 1.466,
 # 1.429), so 1e-3 was appended: rerunning full1 keeps jobs 0-2 and adds job 3.
 LORA_LRS=1e-3,3e-3,1e-2
+# One widening round (widen1, after rank1 and matched1, before the *2 parts): every LoRA cell
+# whose seed-0 pick is an end of its grid runs once more, at the next half-decade lr past that
+# end (1e-2 -> 3e-2; 1e-3 -> 3e-4), in <part>/p1w; the *2 parts pick among p1 and p1w together.
+# (q,v at r = 64 picked 1e-2: α is fixed at 16, so its scale α/r is 1/8 of r = 8's.) A pick
+# still on the widened edge is flagged by the report, not widened again.
 FULL_LRS=3e-5,1e-4,3e-4,1e-3
 # 3 adapters per pack: a pack of 4 held 20 GiB of host memory (the process keeps its peak: the
 # malloc policy, README "Speed and memory levers"), a pack of 8 swapped on this 24 GiB, 2-core
@@ -48,10 +54,12 @@ PACK=(hydra/launcher=packed hydra.launcher.pack_size=3)
 MATCHED=matched/attn_r13,matched/all_r5
 
 # phase 2: one config per cell of a phase-1 part, at its pick (experiments/study_cells.py)
-cells() { $PY experiments/study_cells.py "$STUDY" "$1"; }
+cells() { $PY experiments/study_cells.py "$STUDY" "$@"; }
+# a part's seed-0 runs: p1, and p1w when widen1 ran
+seed0() { echo "$1/p1"; if [ -d "$STUDY/$1/p1w" ]; then echo "$1/p1w"; fi; }
 SEARCH="hydra.searchpath=[file://$PWD/$STUDY/conf]"
 
-part=${1:?give a part: rank1 full1 matched1 rank2 full2 matched2 report}
+part=${1:?give a part: rank1 full1 matched1 widen1 rank2 full2 matched2 report}
 case $part in
 rank1)
   $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" lora=qv,attn,mlp,all \
@@ -62,12 +70,22 @@ full1)
 matched1)
   $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" lora=$MATCHED \
     optim.lr=$LORA_LRS seed=0 hydra.sweep.dir=$STUDY/matched/p1 ;;
+widen1)
+  for what in rank matched; do
+    names=$(cells --widen $what/p1)
+    if [ -z "$names" ]; then echo "$what: every seed-0 pick is interior"; continue; fi
+    $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" "$SEARCH" \
+      "+study_cell=$names" seed=0 hydra.sweep.dir=$STUDY/$what/p1w
+  done ;;
 rank2 | matched2)
   what=${part%2}
+  # shellcheck disable=SC2046  # one part name per word
+  names=$(cells $(seed0 $what))  # an assignment: set -e stops here when it fails
   $PY -m lora_jax.train -m "${COMMON[@]}" "${PACK[@]}" "${LORA[@]}" "$SEARCH" \
-    "+study_cell=$(cells $what/p1)" seed=1,2 hydra.sweep.dir=$STUDY/$what/p2 ;;
+    "+study_cell=$names" seed=1,2 hydra.sweep.dir=$STUDY/$what/p2 ;;
 full2)
-  $PY -m lora_jax.train -m "${COMMON[@]}" method=full "$SEARCH" "+study_cell=$(cells full/p1)" \
+  names=$(cells full/p1)
+  $PY -m lora_jax.train -m "${COMMON[@]}" method=full "$SEARCH" "+study_cell=$names" \
     seed=1,2 hydra.sweep.dir=$STUDY/full/p2 ;;
 report)
   OUT=experiments/results/study_fair_smollm2
@@ -78,5 +96,5 @@ report)
   $PY -m lora_jax.report $STUDY/rank $STUDY/matched "${SEL[@]}" --match-params \
     --match-tol 0.02 --out $OUT/matched ;;
 *)
-  echo "unknown part $part (rank1 full1 matched1 rank2 full2 matched2 report)" >&2; exit 2 ;;
+  echo "unknown part $part (rank1 full1 matched1 widen1 rank2 full2 matched2 report)" >&2; exit 2 ;;
 esac
