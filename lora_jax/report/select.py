@@ -105,7 +105,9 @@ class Selection:
 
 
 def describe(axes: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in axes.items()) or "the only cell"
+    """ "targets=q,v r=8 ...": the cell's axes; an axis the cell does not have (None: a LoRA
+    cell's method, full fine-tuning's r) is left out."""
+    return " ".join(f"{k}={v}" for k, v in axes.items() if v is not None) or "the only cell"
 
 
 def _cell_key(run: Run) -> tuple:

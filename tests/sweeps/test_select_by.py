@@ -230,6 +230,9 @@ def test_full_finetuning_runs_are_the_baseline_row(tmp_path: Path) -> None:
     assert rep.main([str(tmp_path), "--select-by", "val_loss", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "**Full fine-tuning** (method=full, every weight trained): 65.5 ± 6.4 (n=2, 135" in md
+    # the lr lines name each cell by the axes it has: no "r=None" for full fine-tuning, no
+    # "method=None" for a LoRA cell
+    assert "- targets=full method=full: **1.0e-05: 2 (n=2)**" in md and "=None" not in md
     assert "full fine-tuning & \\multicolumn{1}{c}{65.5" in (out / "report.tex").read_text()
     with (out / "report.csv").open() as f:
         rows = {r["targets"]: r for r in csv.DictReader(f)}
