@@ -94,7 +94,12 @@ report)
   $PY -m lora_jax.report $STUDY/rank $STUDY/full "${SEL[@]}" --metric rouge_l \
     --out $OUT/rouge_l --no-plots
   $PY -m lora_jax.report $STUDY/rank $STUDY/matched "${SEL[@]}" --match-params \
-    --match-tol 0.02 --out $OUT/matched ;;
+    --match-tol 0.02 --out $OUT/matched
+  # validation loss at each pick: seed 0's chose the lr (optimistic), seeds 1 and 2 are fresh
+  $PY -m lora_jax.report $STUDY/rank $STUDY/full "${SEL[@]}" --metric validation.loss \
+    --out $OUT/val_loss --no-plots
+  $PY -m lora_jax.report $STUDY/rank $STUDY/matched "${SEL[@]}" --metric validation.loss \
+    --match-params --match-tol 0.02 --out $OUT/matched/val_loss ;;
 *)
   echo "unknown part $part (rank1 full1 matched1 widen1 rank2 full2 matched2 report)" >&2; exit 2 ;;
 esac
