@@ -99,7 +99,19 @@ report)
   $PY -m lora_jax.report $STUDY/rank $STUDY/full "${SEL[@]}" --metric validation.loss \
     --out $OUT/val_loss --no-plots
   $PY -m lora_jax.report $STUDY/rank $STUDY/matched "${SEL[@]}" --metric validation.loss \
-    --match-params --match-tol 0.02 --out $OUT/matched/val_loss ;;
+    --match-params --match-tol 0.02 --out $OUT/matched/val_loss
+  # paired tests over the test items and the 3 seeds, each cell at its seed-0 pick (the picks
+  # the lr section of report.md lists): the matched budgets, and q,v r=8 against full FT
+  PAIRS=("targets=gate,up,down r=8 lr=3e-3|targets=q,k,v,o r=13 lr=3e-3"
+    "targets=q,k,v,o,gate,up,down r=5 lr=1e-3|targets=q,k,v,o r=13 lr=3e-3"
+    "targets=gate,up,down r=8 lr=3e-3|targets=q,k,v,o,gate,up,down r=5 lr=1e-3"
+    "targets=q,v r=8 lr=3e-3|targets=q,k,v,o r=4 lr=3e-3"
+    "targets=q,v r=8 lr=3e-3|method=full lr=3e-4")
+  { echo "# Paired tests (experiments/study_fair_smollm2.sh report)"; echo
+    for pair in "${PAIRS[@]}"; do for metric in bleu rouge_l; do
+      $PY -m lora_jax.report $STUDY/rank $STUDY/matched $STUDY/full --compare "${pair%|*}" \
+        "${pair#*|}" --metric $metric; echo
+    done; done; } > $OUT/compare.md ;;
 *)
   echo "unknown part $part (rank1 full1 matched1 widen1 rank2 full2 matched2 report)" >&2; exit 2 ;;
 esac
