@@ -56,3 +56,15 @@ def test_run_name():
     assert run_name("gpt2", "e2e", "all", 8, 0.5, "rslora", 1) == (
         "gpt2-e2e-q,k,v,o,gate,up,down-r8-a0.5-rslora-s1"
     )
+
+
+def test_full_fine_tuning_is_named_full_not_after_the_lora_defaults():
+    # method=full trains no LoRA: the name carries no targets, r or alpha
+    assert run_name("gpt2", "e2e", ["q", "v"], 8, 8.0, "standard", 2, "full") == "gpt2-e2e-full-s2"
+    assert run_name("gpt2", "e2e", ["q", "v"], 8, 8.0, "standard", 2, "lora") == (
+        "gpt2-e2e-q,v-r8-a8-s2"
+    )
+    from tests.train.app import compose
+
+    assert compose(["method=full", "seed=3"]).name.endswith("-full-s3")
+    assert compose(["seed=3"]).name.endswith("-q,v-r8-a8-s3")

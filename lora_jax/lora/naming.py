@@ -44,9 +44,19 @@ def fmt_num(x: Any) -> str:
 
 
 def run_name(
-    model: str, task: str, targets: Any, r: int, alpha: float, scaling: str, seed: int
+    model: str,
+    task: str,
+    targets: Any,
+    r: int,
+    alpha: float,
+    scaling: str,
+    seed: int,
+    method: str = "lora",
 ) -> str:
-    """``smollm2-135m-e2e-q,v-r8-a8-s0`` (``-rslora`` appended for rsLoRA scaling)."""
+    """``smollm2-135m-e2e-q,v-r8-a8-s0`` (``-rslora`` appended for rsLoRA scaling);
+    ``smollm2-135m-e2e-full-s0`` for full fine-tuning (``method=full``: no targets, r or α)."""
+    if method == "full":
+        return f"{model}-{task}-full-s{seed}"
     tail = "" if scaling == "standard" else f"-{scaling}"
     label = label_of_targets(list(targets) if not isinstance(targets, str) else targets)
     return f"{model}-{task}-{label}-r{r}-a{fmt_num(alpha)}{tail}-s{seed}"

@@ -231,11 +231,11 @@ class SweepNeedsExperiment(Callback):
     on_run_start = on_multirun_start
 
 
-def _run_name(model, task, targets, r, alpha, scaling, seed) -> str:
+def _run_name(model, task, targets, r, alpha, scaling, seed, method="lora") -> str:
     from lora_jax.lora.naming import run_name
 
     targets = OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets
-    return run_name(model, task, targets, r, alpha, scaling, seed)
+    return run_name(model, task, targets, r, alpha, scaling, seed, method)
 
 
 # Registered on import, so launcher workers that import the app have them too.
