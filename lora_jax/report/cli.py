@@ -19,6 +19,7 @@ USAGE = """\
     python -m lora_jax.report multirun/lr_grid/STAMP --select-by val_loss   (each cell at its best lr)
     python -m lora_jax.report DIR1 DIR2 ... --select-by val_loss --select-seeds 0   (a study's parts)
     python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,k,v,o r=2"
+    python -m lora_jax.report DIR --compare "targets=up,down r=8" "targets=q,v r=26" --metric validation.loss
     python -m lora_jax.report multirun/matched_params/STAMP --match-params [--match-tol 0.02]
     python -m lora_jax.report --wandb entity/project [--group NAME] [--out DIR]
 """
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--select-by on these seeds' runs only (the lr chosen on seed 0, the "
                    "other seeds run at the chosen lr); the table keeps every seed")  # fmt: skip
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help='paired bootstrap of A − B; A, B: "axis=value ..." selecting runs')  # fmt: skip
+                   help='paired bootstrap of A − B over test items and seeds; A, B: "axis=value '
+                   '..." selecting runs; a run-level --metric (validation.loss) gets the paired '
+                   't-test over seeds')  # fmt: skip
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates (--compare)")
     p.add_argument("--match-params", action="store_true",
                    help="instead of the rank x target table: rows of equal trainable-parameter "

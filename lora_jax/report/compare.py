@@ -17,6 +17,10 @@ shows them so):
 - a mean-of-items metric (E2E ROUGE-L, WikiSQL lf_acc / ex_acc, SAMSum rouge1/2/L) is the
   mean of the resampled items' scores.
 
+A run-level metric (``--metric validation.loss`` or ``train.final_loss``) has no test items to
+resample: A and B are then compared paired by seed, the paired t-test of the per-seed
+differences (``compare_over_seeds``), and must have run the same seeds.
+
 Items files written before per-item scores were stored hold hypotheses and references only;
 their scores are recomputed with the task's ``item_scores`` where the references suffice (E2E,
 SAMSum; WikiSQL needs the tables: rerun the eval).
@@ -34,7 +38,14 @@ import numpy as np
 
 from lora_jax.report.aggregate import cell_differences, describe_differences, is_percent
 from lora_jax.report.collect import ReportError, Run, norm_value, target_label
-from lora_jax.report.stats import N_BOOT, SEED, PairedResult, mean_score, paired_bootstrap
+from lora_jax.report.stats import (
+    N_BOOT,
+    SEED,
+    PairedResult,
+    mean_score,
+    paired_bootstrap,
+    paired_t,
+)
 from lora_jax.tasks import TASKS, EvalItem, Task, get_task
 from lora_jax.train import record
 
@@ -211,7 +222,12 @@ def compare(
     runs: Sequence[Run], spec_a: str, spec_b: str, metric: str = "bleu",
     n_boot: int = N_BOOT, seed: int = SEED,
 ) -> tuple[CompareResult, list[Run], list[Run]]:  # fmt: skip
-    """The paired bootstrap of A − B in ``metric`` (module docstring)."""
+    """The paired bootstrap of A − B in ``metric`` (module docstring); a run-level metric
+    (``validation.loss``, ``train.final_loss``: no test items) gets the paired t-test over seeds
+    (``compare_over_seeds``)."""
+    head, dot, _ = metric.partition(".")
+    if dot and head != "eval":
+        return compare_over_seeds(runs, spec_a, spec_b, metric)
     if n_boot < 1:
         raise ReportError(f"--n-boot must be at least 1; got {n_boot}")
     name = metric_leaf(metric)
@@ -268,10 +284,81 @@ def compare(
     return out, a, b
 
 
+@dataclass(frozen=True)
+class SeedPairedResult:
+    """The paired t-test over seeds of a run-level metric (no test items to resample)."""
+
+    metric: str
+    delta: float  # mean over seeds of A − B
+    ci: tuple[float, float]  # the 95% Student-t interval of the mean difference
+    p_value: float  # two-sided, t with n − 1 degrees of freedom
+    seeds: tuple[Any, ...]
+    per_seed_a: tuple[float, ...]
+    per_seed_b: tuple[float, ...]
+
+
+def compare_over_seeds(
+    runs: Sequence[Run], spec_a: str, spec_b: str, metric: str
+) -> tuple[SeedPairedResult, list[Run], list[Run]]:
+    """A − B in a run-level metric (e.g. ``validation.loss``), paired by seed: the paired
+    t-test of the per-seed differences (``stats.paired_t``). Cells of one seed share that seed's
+    data (the validation slice included: data.split_validation draws it with the run's data
+    seed), so the within-seed difference removes what the seed changes for both."""
+    a, b = select(runs, parse_spec(spec_a)), select(runs, parse_spec(spec_b))
+    seeds_a, seeds_b = [r.sweep.get("seed") for r in a], [r.sweep.get("seed") for r in b]
+    if seeds_a != seeds_b:
+        raise ReportError(
+            f"--compare --metric {metric}: a run-level metric has no test items to resample, so "
+            "A and B are compared paired by seed (a paired t-test over seeds) and must have run "
+            f"the same seeds; A ran seeds {seeds_a}, B ran {seeds_b}: narrow the specs to the "
+            "shared seeds' runs or run the missing ones"
+        )
+    values = []
+    for r in a + b:
+        v = r.metrics.get(metric)
+        if v is None or not np.isfinite(v):
+            raise ReportError(
+                f"--compare --metric {metric}: run {r.name} has no finite {metric} in its "
+                "results.json metrics (validation.loss needs trainer.val_examples > 0)"
+            )
+        values.append(float(v))
+    va, vb = values[: len(a)], values[len(a) :]
+    try:
+        delta, ci, p = paired_t(va, vb)
+    except ValueError as e:
+        raise ReportError(f"--compare --metric {metric}: {e}") from None
+    return SeedPairedResult(metric, delta, ci, p, tuple(seeds_a), tuple(va), tuple(vb)), a, b
+
+
+def _trainable(runs) -> str:
+    counts = {r.trainable for r in runs}
+    return ", ".join(str(c) for c in sorted(c for c in counts if c is not None)) or "?"
+
+
+def render_over_seeds(result: SeedPairedResult, spec_a: str, spec_b: str, a, b) -> str:
+    def side(spec, runs, vals):
+        each = ", ".join(f"{v:.4f}" for v in vals)
+        return (f"{spec} ({len(runs)} seed(s), trainable {_trainable(runs)}): "
+                f"{float(np.mean(vals)):.4f} (per seed {each})")  # fmt: skip
+
+    diffs = ", ".join(f"{x - y:+.4f}" for x, y in zip(result.per_seed_a, result.per_seed_b))
+    return "\n".join([
+        f"# Paired t-test over seeds: {result.metric}, A − B",
+        "",
+        f"- A: {side(spec_a, a, result.per_seed_a)}",
+        f"- B: {side(spec_b, b, result.per_seed_b)}",
+        f"- Δ = {result.delta:+.4f} (per seed {diffs}), 95% CI [{result.ci[0]:+.4f}, "
+        f"{result.ci[1]:+.4f}], p = {result.p_value:.4f} (two-sided)",
+        f"- seeds {list(result.seeds)} paired (a run-level metric: no test items to resample); "
+        f"Student t with {len(result.seeds) - 1} degrees of freedom on the per-seed differences.",
+        "",
+    ])  # fmt: skip
+
+
 def render_compare(result: PairedResult, spec_a: str, spec_b: str, metric: str, a, b) -> str:
-    def trainable(runs):
-        counts = {r.trainable for r in runs}
-        return ", ".join(str(c) for c in sorted(c for c in counts if c is not None)) or "?"
+    if isinstance(result, SeedPairedResult):
+        return render_over_seeds(result, spec_a, spec_b, a, b)
+    trainable = _trainable
 
     def values(per_seed) -> str:
         if not per_seed:

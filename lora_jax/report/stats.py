@@ -97,6 +97,23 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return mean - half, mean + half
 
 
+def paired_t(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95
+) -> tuple[float, tuple[float, float], float]:
+    """The paired t-test of A − B over seeds (``a[i]``, ``b[i]`` the same seed's values): the
+    mean difference, its Student-t interval (t_interval of the differences) and the two-sided
+    p-value 2·(1 − F_{n−1}(|t|)), t = mean / (s/√n). Needs n ≥ 2 and differences that vary."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"a paired t-test needs at least 2 seeds run by both; got {d.size}")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        raise ValueError("the per-seed differences are all equal: no spread to test against")
+    ci = t_interval(d, level)
+    t = mean / (sd / math.sqrt(d.size))
+    return mean, ci, 2.0 * (1.0 - t_cdf(abs(t), d.size - 1))
+
+
 @dataclass(frozen=True)
 class PairedResult:
     delta: float  # observed mean-over-seeds metric of A minus that of B

@@ -237,3 +237,49 @@ def test_full_finetuning_runs_are_the_baseline_row(tmp_path: Path) -> None:
     with (out / "report.csv").open() as f:
         rows = {r["targets"]: r for r in csv.DictReader(f)}
     assert float(rows["full"]["lr"]) == 1e-5 and rows["full"]["r"] == ""
+
+
+def test_compare_on_validation_loss_is_the_paired_t_test_over_seeds(tmp_path, capsys):
+    """``--compare A B --metric validation.loss``: a run-level metric has no test items, so the
+    test is the paired t over seeds, the same as scipy.stats.ttest_rel on the written values."""
+    from scipy import stats
+
+    a_val, b_val = [1.47, 1.44, 1.36], [1.58, 1.52, 1.46]
+    for i, (targets, vals) in enumerate((("q,v", a_val), ("q", b_val))):
+        for seed, v in zip(SEEDS, vals):
+            _write(tmp_path, 3 * i + seed, targets, 4, 3e-4, seed, {"loss": v}, 0.5)
+    want = stats.ttest_rel(a_val, b_val)
+    diffs = np.subtract(a_val, b_val)
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    code = rep.main([str(tmp_path), "--compare", "targets=q,v", "targets=q",
+                     "--metric", "validation.loss"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Paired t-test over seeds: validation.loss" in out
+    assert f"Δ = {diffs.mean():+.4f}" in out
+    assert f"95% CI [{diffs.mean() - half:+.4f}, {diffs.mean() + half:+.4f}]" in out
+    assert f"p = {want.pvalue:.4f}" in out
+
+    from lora_jax.report.stats import paired_t
+
+    delta, (lo, hi), p = paired_t(a_val, b_val)
+    np.testing.assert_allclose([delta, lo, hi, p],
+                               [diffs.mean(), diffs.mean() - half, diffs.mean() + half,
+                                want.pvalue], rtol=1e-10)  # fmt: skip
+
+
+def test_compare_on_validation_loss_needs_the_same_seeds_and_the_metric(tmp_path, capsys):
+    for seed in SEEDS:
+        _write(tmp_path, seed, "q,v", 4, 3e-4, seed, {"loss": 1.5 + seed / 10}, 0.5)
+    for seed in (0, 1):
+        _write(tmp_path, 3 + seed, "q", 4, 3e-4, seed, {}, 0.5)
+    args = [str(tmp_path), "--compare", "targets=q,v", "targets=q", "--metric"]
+    assert rep.main([*args, "validation.loss"]) == 2
+    assert "must have run the same seeds; A ran seeds [0, 1, 2], B ran [0, 1]" in (
+        capsys.readouterr().err
+    )
+    assert rep.main([*args[:3], "targets=q seed=0", "--metric", "validation.loss"]) == 2
+    assert "A ran seeds [0, 1, 2], B ran [0]" in capsys.readouterr().err
+    assert rep.main([*args[:2], "targets=q,v seed=0", "targets=q seed=0", "--metric",
+                     "validation.loss"]) == 2  # fmt: skip
+    assert "run run-3 has no finite validation.loss" in capsys.readouterr().err
