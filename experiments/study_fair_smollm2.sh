@@ -107,11 +107,25 @@ report)
     "targets=gate,up,down r=8 lr=3e-3|targets=q,k,v,o,gate,up,down r=5 lr=1e-3"
     "targets=q,v r=8 lr=3e-3|targets=q,k,v,o r=4 lr=3e-3"
     "targets=q,v r=8 lr=3e-3|method=full lr=3e-4")
+  # validation loss has no test items: paired t over the 3 seeds (each seed's cells share its
+  # validation slice); also r=1 against r=64 in each target set, and all linear against MLP only
+  # and against full fine-tuning at r=8
+  VPAIRS=("${PAIRS[@]}"
+    "targets=q,v r=1 lr=3e-3|targets=q,v r=64 lr=1e-2"
+    "targets=q,k,v,o r=1 lr=3e-3|targets=q,k,v,o r=64 lr=3e-3"
+    "targets=gate,up,down r=1 lr=3e-3|targets=gate,up,down r=64 lr=3e-3"
+    "targets=q,k,v,o,gate,up,down r=1 lr=3e-3|targets=q,k,v,o,gate,up,down r=64 lr=3e-3"
+    "targets=q,k,v,o,gate,up,down r=8 lr=3e-3|targets=gate,up,down r=8 lr=3e-3"
+    "targets=q,k,v,o,gate,up,down r=8 lr=3e-3|method=full lr=3e-4")
   { echo "# Paired tests (experiments/study_fair_smollm2.sh report)"; echo
     for pair in "${PAIRS[@]}"; do for metric in bleu rouge_l; do
       $PY -m lora_jax.report $STUDY/rank $STUDY/matched $STUDY/full --compare "${pair%|*}" \
         "${pair#*|}" --metric $metric; echo
-    done; done; } > $OUT/compare.md ;;
+    done; done
+    for pair in "${VPAIRS[@]}"; do
+      $PY -m lora_jax.report $STUDY/rank $STUDY/matched $STUDY/full --compare "${pair%|*}" \
+        "${pair#*|}" --metric validation.loss; echo
+    done; } > $OUT/compare.md ;;
 *)
   echo "unknown part $part (rank1 full1 matched1 widen1 rank2 full2 matched2 report)" >&2; exit 2 ;;
 esac

@@ -335,6 +335,10 @@ def _trainable(runs) -> str:
     return ", ".join(str(c) for c in sorted(c for c in counts if c is not None)) or "?"
 
 
+def _p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
 def render_over_seeds(result: SeedPairedResult, spec_a: str, spec_b: str, a, b) -> str:
     def side(spec, runs, vals):
         each = ", ".join(f"{v:.4f}" for v in vals)
@@ -348,7 +352,7 @@ def render_over_seeds(result: SeedPairedResult, spec_a: str, spec_b: str, a, b) 
         f"- A: {side(spec_a, a, result.per_seed_a)}",
         f"- B: {side(spec_b, b, result.per_seed_b)}",
         f"- Δ = {result.delta:+.4f} (per seed {diffs}), 95% CI [{result.ci[0]:+.4f}, "
-        f"{result.ci[1]:+.4f}], p = {result.p_value:.4f} (two-sided)",
+        f"{result.ci[1]:+.4f}], p = {_p(result.p_value)} (two-sided)",
         f"- seeds {list(result.seeds)} paired (a run-level metric: no test items to resample); "
         f"Student t with {len(result.seeds) - 1} degrees of freedom on the per-seed differences.",
         "",

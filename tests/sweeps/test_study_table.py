@@ -37,3 +37,17 @@ def test_committed_study_tables_come_back_from_the_records(case: str, tmp_path: 
     for name in files:
         committed = (STUDY / sub / name).read_text()
         assert (tmp_path / name).read_text() == committed, f"{sub or '.'}/{name} differs"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "metric"),
+    [("targets=gate,up,down r=8 lr=3e-3", "targets=q,k,v,o r=13 lr=3e-3", "bleu"),
+     ("targets=gate,up,down r=8 lr=3e-3", "targets=q,k,v,o r=13 lr=3e-3", "validation.loss"),
+     ("targets=q,v r=8 lr=3e-3", "method=full lr=3e-4", "rouge_l")],
+)  # fmt: skip
+def test_committed_paired_tests_come_back_from_the_records(a, b, metric, capsys) -> None:
+    parts = [str(RECORDS / p) for p in ("rank", "matched", "full")]
+    assert report([*parts, "--compare", a, b, "--metric", metric]) == 0
+    section = capsys.readouterr().out.strip()
+    assert section.startswith("# Paired")
+    assert section in (STUDY / "compare.md").read_text()
