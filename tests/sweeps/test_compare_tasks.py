@@ -174,8 +174,13 @@ def test_wikisql_default_metric_is_the_main_metric_and_unknown_metrics_are_refus
                      "bleu"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "task wikisql keeps per-item scores for lf_acc, ex_acc only" in err
+    # a run-level metric is the paired t over seeds (tests/sweeps/test_select_by.py): these runs
+    # have no validation loss, and the refusal says so
     assert rep.main([str(tmp_path), "--compare", "targets=q,v", "targets=q", "--metric",
                      "validation.loss"]) == 2  # fmt: skip
+    assert "has no finite validation.loss" in capsys.readouterr().err
+    assert rep.main([str(tmp_path), "--compare", "targets=q,v", "targets=q", "--metric",
+                     "eval.lf_acc.x"]) == 2  # fmt: skip
     assert "test-set metric" in capsys.readouterr().err
 
 
