@@ -221,7 +221,7 @@ class CompareResult(PairedResult):
 def compare(
     runs: Sequence[Run], spec_a: str, spec_b: str, metric: str = "bleu",
     n_boot: int = N_BOOT, seed: int = SEED,
-) -> tuple[CompareResult, list[Run], list[Run]]:  # fmt: skip
+) -> tuple[CompareResult | SeedPairedResult, list[Run], list[Run]]:  # fmt: skip
     """The paired bootstrap of A − B in ``metric`` (module docstring); a run-level metric
     (``validation.loss``, ``train.final_loss``: no test items) gets the paired t-test over seeds
     (``compare_over_seeds``)."""

@@ -17,6 +17,9 @@ recomputes the corpus metric of every sampled seed from its per-item sufficient 
 and takes A − B. The interval is the 2.5/97.5 percentiles of the replicates; the two-sided
 p-value tests "no difference" by centring the replicates:
 p = (1 + #{|d_b − mean(d)| ≥ |d_obs|}) / (1 + B).
+
+A run-level metric (validation loss) has no items to resample: ``paired_t`` is the paired t-test
+of its per-seed differences (the seeds share their data, the validation slice included).
 """
 
 from __future__ import annotations
