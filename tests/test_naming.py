@@ -68,3 +68,16 @@ def test_full_fine_tuning_is_named_full_not_after_the_lora_defaults():
 
     assert compose(["method=full", "seed=3"]).name.endswith("-full-s3")
     assert compose(["seed=3"]).name.endswith("-q,v-r8-a8-s3")
+
+
+@pytest.mark.parametrize(
+    ("variant", "want"),
+    [("dora", "-q,v-r8-a16-dora-s0"), ("pissa", "-q,v-r8-a16-pissa-s0"),
+     ("olora", "-q,v-r8-a16-olora-s0"), ("loraplus", "-q,v-r8-a16-loraplus16-s0")],
+)  # fmt: skip
+def test_variant_runs_are_named_by_their_variant(variant, want):
+    from tests.train.app import compose
+
+    cfg = compose([f"variant={variant}", "lora.alpha=16"])
+    assert cfg.name.endswith(want)
+    assert compose(["variant=pissa", "lora.init=pissa_niter_4"]).name.endswith("-pissa-s0")

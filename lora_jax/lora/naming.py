@@ -52,11 +52,23 @@ def run_name(
     scaling: str,
     seed: int,
     method: str = "lora",
+    variant: str = "lora",
+    init: str = "kaiming",
+    loraplus_lr_ratio: float | None = None,
 ) -> str:
-    """``smollm2-135m-e2e-q,v-r8-a8-s0`` (``-rslora`` appended for rsLoRA scaling);
-    ``smollm2-135m-e2e-full-s0`` for full fine-tuning (``method=full``: no targets, r or α)."""
+    """``smollm2-135m-e2e-q,v-r8-a8-s0``, with ``-rslora`` for rsLoRA scaling and the variant
+    when it is not plain LoRA (``-dora``; ``-pissa`` / ``-olora`` for those data-dependent
+    inits; ``-loraplus16`` for LoRA+ with B's lr 16× A's): runs of a variants sweep get
+    distinct names. ``smollm2-135m-e2e-full-s0`` for full fine-tuning (``method=full``: no
+    targets, r or α)."""
     if method == "full":
         return f"{model}-{task}-full-s{seed}"
     tail = "" if scaling == "standard" else f"-{scaling}"
+    if variant != "lora":
+        tail += f"-{variant}"
+    if init.startswith(("pissa", "olora")):
+        tail += f"-{init.split('_')[0]}"
+    if loraplus_lr_ratio is not None:
+        tail += f"-loraplus{fmt_num(float(loraplus_lr_ratio))}"
     label = label_of_targets(list(targets) if not isinstance(targets, str) else targets)
     return f"{model}-{task}-{label}-r{r}-a{fmt_num(alpha)}{tail}-s{seed}"

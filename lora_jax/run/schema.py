@@ -231,11 +231,13 @@ class SweepNeedsExperiment(Callback):
     on_run_start = on_multirun_start
 
 
-def _run_name(model, task, targets, r, alpha, scaling, seed, method="lora") -> str:
+def _run_name(model, task, targets, r, alpha, scaling, seed, method="lora", variant="lora",
+              init="kaiming", loraplus_lr_ratio=None) -> str:  # fmt: skip
     from lora_jax.lora.naming import run_name
 
     targets = OmegaConf.to_container(targets) if OmegaConf.is_config(targets) else targets
-    return run_name(model, task, targets, r, alpha, scaling, seed, method)
+    return run_name(model, task, targets, r, alpha, scaling, seed, method, variant, init,
+                    loraplus_lr_ratio)  # fmt: skip
 
 
 # Registered on import, so launcher workers that import the app have them too.
