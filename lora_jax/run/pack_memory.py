@@ -3,7 +3,8 @@
 For one group of packable jobs (lora_jax.run.packs), the packed step (lora_jax.train.packed_step,
 with the group's ``trainer.remat`` / ``scan`` / ``loss_chunk``) is lowered and compiled for
 abstract inputs (``jax.ShapeDtypeStruct``: K adapters in the group's union layout, the largest
-batch shape ``[trainer.batch_size, task.max_len]``), and XLA's ``compiled.memory_analysis()``
+batch shape ``[trainer.batch_size, task.max_len]``; with ``data.pack=step`` the step's rows at
+their longest, every example at max_len), and XLA's ``compiled.memory_analysis()``
 gives its bytes: arguments + outputs − donated aliases + temporaries (:class:`StepMemory`).
 The bytes are close to affine in K (the frozen base and the batch once, each adapter's
 parameters, optimizer moments and activations K times), so the step is compiled at K = 1 and 2,
@@ -190,7 +191,7 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     from lora_jax.models.pretrained import load_for_run as load_base
     from lora_jax.models.registry import lora_modules
     from lora_jax.tasks.batching import default_buckets, linear_buckets
-    from lora_jax.train.data import packing
+    from lora_jax.train.data import packing, row_multiple, step_multiple
     from lora_jax.train.engine import layer_layout
 
     cfg0 = cfgs[0]
@@ -216,6 +217,15 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
                else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
     # packed rows (data.packing): at most one row per example, the same largest shape
     shape = (int(tcfg.batch_size), int(max(buckets)))
+    multiple = step_multiple(cfg0) if packing(cfg0) else None
+    if multiple is not None:
+        # data.pack=step: the whole step in row_multiple rows, each the fullest row's tokens
+        # rounded up to data.step_multiple (tasks.batching.pack_step), attending in blocks of
+        # task.max_len as the runner's module does; the largest: every example at max_len
+        rows = row_multiple(cfg0)
+        load = -(-int(tcfg.batch_size) // rows) * int(max(buckets))
+        shape = (rows, max(-(-load // multiple) * multiple, multiple))
+        module = module.clone(cfg=module.cfg.replace(packed_block=int(cfg0.task.max_len)))
     kw = dict(grad_accum=int(cfg0.optim.grad_accum), dropout=cfg0.lora.dropout > 0,
               loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix,
               packed_rows=packing(cfg0))  # fmt: skip

@@ -83,3 +83,34 @@ def test_launcher_pack_size_setting():
     for bad in ("many", 0, 2.5):
         with pytest.raises(ValueError, match="pack_size must be a positive number of jobs or auto"):
             PackedLauncher(pack_size=bad)
+
+
+@pytest.mark.parametrize("pack", ["rows", "step"])
+def test_estimate_compiles_the_largest_step_the_batching_makes(tiny_e2e_gpt2_dir, monkeypatch,
+                                                               pack):  # fmt: skip
+    """data.packing with data.pack=step packs a whole step into one row of up to batch × max_len
+    tokens, attending in blocks of max_len: the estimate compiles that shape and module (not
+    data.pack=rows' [batch, max_len]); the shape is what tasks.batching makes of a step of
+    max_len examples."""
+    from lora_jax.run import pack_memory
+    from lora_jax.tasks.batching import pack_examples, pack_step
+
+    common = ("trainer.batch_size=4", "task.max_len=64", "trainer.data_seed=0",
+              "data.packing=true", f"data.pack={pack}", "data.step_multiple=48")  # fmt: skip
+    cfgs = [compose(tiny_overrides(tiny_e2e_gpt2_dir, *common, *JOBS[0]))]
+    seen = {}
+
+    def capture(module, frozen, trees, k, shape, **kw):
+        seen.update(block=module.cfg.packed_block, shape=shape, packed_rows=kw["packed_rows"])
+        return pack_memory.StepMemory(0, 0, 0, 0)
+
+    monkeypatch.setattr(pack_memory, "step_memory", capture)
+    group_step_memory(cfgs)(1)
+    full = [{"input_ids": [1] * 64, "loss_mask": [1] * 64}] * 4
+    made = (pack_step(full, rows=1, multiple=48) if pack == "step" else
+            pack_examples(full, 64))["input_ids"].shape  # fmt: skip
+    assert seen["packed_rows"] and seen["shape"] == tuple(made)
+    assert seen["shape"] == ((1, 288) if pack == "step" else (4, 64))  # 256 rounded up to 48s
+    assert seen["block"] == (64 if pack == "step" else None)
+    monkeypatch.undo()  # the real compile of that step
+    assert group_step_memory(cfgs)(1).total > 0
