@@ -362,7 +362,6 @@ def render_over_seeds(result: SeedPairedResult, spec_a: str, spec_b: str, a, b) 
 def render_compare(result: PairedResult, spec_a: str, spec_b: str, metric: str, a, b) -> str:
     if isinstance(result, SeedPairedResult):
         return render_over_seeds(result, spec_a, spec_b, a, b)
-    trainable = _trainable
 
     def values(per_seed) -> str:
         if not per_seed:
@@ -378,9 +377,9 @@ def render_compare(result: PairedResult, spec_a: str, spec_b: str, metric: str, 
     lines = [
         f"# Paired bootstrap: {name}{unit}, A − B",
         "",
-        f"- A: {spec_a} ({len(a)} seed(s), trainable {trainable(a)})"
+        f"- A: {spec_a} ({len(a)} seed(s), trainable {_trainable(a)})"
         f"{values(getattr(result, 'per_seed_a', ()))}",
-        f"- B: {spec_b} ({len(b)} seed(s), trainable {trainable(b)})"
+        f"- B: {spec_b} ({len(b)} seed(s), trainable {_trainable(b)})"
         f"{values(getattr(result, 'per_seed_b', ()))}",
         f"- Δ = {result.delta:+.3f}, 95% CI [{result.ci[0]:+.3f}, {result.ci[1]:+.3f}], "
         f"p = {result.p_value:.4f} (two-sided)",

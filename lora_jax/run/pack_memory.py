@@ -190,9 +190,9 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     from lora_jax.lora import init as lora_init
     from lora_jax.models.pretrained import load_for_run as load_base
     from lora_jax.models.registry import lora_modules
-    from lora_jax.tasks.batching import default_buckets, linear_buckets
+    from lora_jax.tasks.batching import default_buckets, linear_buckets, step_row_len
     from lora_jax.train.data import packing, row_multiple, step_multiple
-    from lora_jax.train.engine import layer_layout
+    from lora_jax.train.state import layer_layout
 
     cfg0 = cfgs[0]
     lm = load_base(cfg0)
@@ -211,7 +211,7 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
         raise ConfigError("no job of this group has a valid LoRA config")
     tcfg = cfg0.trainer
     # the runner's training module and base layout (scan: lm.params stacked, lm is ours)
-    module, prefix = layer_layout(tcfg, lm)
+    module, prefix = layer_layout(cfg0, lm)
     frozen = _abstract(lm.params)
     buckets = (default_buckets(cfg0.task.max_len) if tcfg.get("bucket_step") is None
                else linear_buckets(cfg0.task.max_len, tcfg.bucket_step))  # fmt: skip
@@ -219,13 +219,10 @@ def group_step_memory(cfgs: Sequence[DictConfig]) -> Callable[[int], StepMemory]
     shape = (int(tcfg.batch_size), int(max(buckets)))
     multiple = step_multiple(cfg0) if packing(cfg0) else None
     if multiple is not None:
-        # data.pack=step: the whole step in row_multiple rows, each the fullest row's tokens
-        # rounded up to data.step_multiple (tasks.batching.pack_step), attending in blocks of
-        # task.max_len as the runner's module does; the largest: every example at max_len
+        # data.pack=step: the whole step in row_multiple rows (tasks.batching.pack_step), at
+        # their longest when every example is max_len tokens long
         rows = row_multiple(cfg0)
-        load = -(-int(tcfg.batch_size) // rows) * int(max(buckets))
-        shape = (rows, max(-(-load // multiple) * multiple, multiple))
-        module = module.clone(cfg=module.cfg.replace(packed_block=int(cfg0.task.max_len)))
+        shape = (rows, step_row_len([shape[1]] * shape[0], rows, multiple))
     kw = dict(grad_accum=int(cfg0.optim.grad_accum), dropout=cfg0.lora.dropout > 0,
               loss_chunk=tcfg.get("loss_chunk"), scan_prefix=prefix,
               packed_rows=packing(cfg0))  # fmt: skip

@@ -160,11 +160,7 @@ class Engine:
         ``lm.module`` a :class:`~lora_jax.models.layers.LayerViews` of the per-layer module, so
         evaluation reads the same stacked arrays. LoRA trees keep the per-layer layout
         (checkpoints, export); the step stacks them inside jit."""
-        self.module, self.prefix = layer_layout(self.tcfg, self.lm)
-        if data.packing(self.cfg) and data.step_multiple(self.cfg) is not None:
-            # data.pack=step: rows of a whole step attend in blocks of the longest example
-            block = int(self.cfg.task.max_len)
-            self.module = self.module.clone(cfg=self.module.cfg.replace(packed_block=block))
+        self.module, self.prefix = layer_layout(self.cfg, self.lm)
 
     # ------------------------------------------------------------------ 2. the task
     def load_task(self) -> None:

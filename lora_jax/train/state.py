@@ -11,6 +11,8 @@ from typing import Any
 import jax
 from omegaconf import DictConfig
 
+from lora_jax.train import data
+
 
 @dataclass
 class Job:
@@ -52,13 +54,17 @@ class Job:
         self.ckpt.save(step, lora, opt_state, extra=extra)
 
 
-def layer_layout(tcfg: DictConfig, lm: Any) -> tuple[Any, str | None]:
-    """The training module (``trainer.remat`` / ``trainer.scan``) and the scan prefix (or None);
+def layer_layout(cfg: DictConfig, lm: Any) -> tuple[Any, str | None]:
+    """The training module (``trainer.remat`` / ``trainer.scan``; with ``data.pack=step`` the
+    rows of a whole step attend in blocks of ``task.max_len``) and the scan prefix (or None);
     with ``trainer.scan`` ``lm.params`` becomes the stacked tree, held once (see
     :meth:`Engine.layer_layout`)."""
     from lora_jax.models.layers import LAYER_PREFIX, LayerViews, stack_layers
 
+    tcfg = cfg.trainer
     module = lm.module.clone(remat=tcfg.remat, scan_layers=tcfg.scan)
+    if data.packing(cfg) and data.step_multiple(cfg) is not None:
+        module = module.clone(cfg=module.cfg.replace(packed_block=int(cfg.task.max_len)))
     if not tcfg.scan:
         return module, None
     prefix = LAYER_PREFIX[lm.config.family]
